@@ -1,0 +1,97 @@
+# selfhost.textgen: one entry point for set-up, tests and the demo.
+#   make test   install everything needed, then lint, sanity, unit, integration and every Molecule scenario
+#   make demo   deploy the embedded default (a local systemd target with CPU vLLM and a tiny model)
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -euo pipefail -c
+
+PY          ?= python3
+VENV        := $(CURDIR)/.venv
+BIN         := $(VENV)/bin
+BUILD       := $(CURDIR)/.build
+export TEXTGEN_CACHE_DIR ?= /var/cache/selfhost-textgen
+export TEXTGEN_STATE_DIR := $(BUILD)
+export PATH := $(BIN):$(PATH)
+export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
+export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+SCENARIO    ?=
+
+.PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \
+        docker-up docker-down demo demo-clean clean
+
+test: venv collection
+	status=0
+	$(MAKE) --no-print-directory lint sanity unit || status=$$?
+	if [ $$status -eq 0 ]; then
+	  bash tests/testbed/docker-up.sh
+	  $(MAKE) --no-print-directory images wheelhouse integration molecule || status=$$?
+	  bash tests/testbed/docker-down.sh || true
+	fi
+	exit $$status
+
+venv: $(BIN)/.installed
+$(BIN)/.installed: requirements-dev.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@
+
+# The collection as Ansible sees it: .build/collections/ansible_collections/selfhost/textgen -> repo
+collection:
+	mkdir -p $(BUILD)/collections/ansible_collections/selfhost
+	ln -sfn $(CURDIR) $(BUILD)/collections/ansible_collections/selfhost/textgen
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/ansible-lint --profile production
+
+# ansible-test needs the collection at .../ansible_collections/NS/NAME: sanity runs on a copy there.
+sanity: venv
+	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/selfhost/textgen
+	git ls-files -co --exclude-standard | grep -v '^proxy/tests/' | \
+	  tar -cf - -T - | tar -xf - -C $(BUILD)/sanity/ansible_collections/selfhost/textgen
+	cd $(BUILD)/sanity/ansible_collections/selfhost/textgen
+	git init -q . && git add -A
+	$(BIN)/ansible-test sanity --python 3.11 --requirements --color no
+
+unit: venv
+	$(BIN)/pytest -q tests/unit
+
+integration: venv
+	$(BIN)/pytest -q tests/integration
+
+images:
+	bash tests/testbed/build-image.sh bookworm
+	bash tests/testbed/build-image.sh noble || { rc=$$?; [ $$rc -eq 3 ] && echo "##### WARNING: Ubuntu archive unreachable: noble targets will be SKIPPED #####" || exit $$rc; }
+
+wheelhouse:
+	bash tests/testbed/wheelhouse.sh
+
+tiny-model: venv
+	[ -f $(BUILD)/tiny-model/model.safetensors ] || $(BIN)/python tests/tiny_model/build.py $(BUILD)/tiny-model
+
+molecule: venv collection tiny-model
+	for s in $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS)); do
+	  echo "===== molecule test -s $$s ====="
+	  $(BIN)/molecule test -s $$s
+	done
+
+docker-up:
+	bash tests/testbed/docker-up.sh
+
+docker-down:
+	bash tests/testbed/docker-down.sh
+
+demo: venv collection tiny-model
+	bash tests/testbed/docker-up.sh
+	bash tests/testbed/build-image.sh bookworm
+	bash tests/testbed/wheelhouse.sh >/dev/null
+	bash tests/testbed/demo.sh up
+
+demo-clean:
+	bash tests/testbed/demo.sh down
+
+clean:
+	rm -rf $(BUILD)
