@@ -19,7 +19,7 @@ SCENARIOS   ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*
 SCENARIO    ?=
 
 .PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \
-        docker-up docker-down demo demo-clean clean
+        docker-up docker-down demo demo-clean clean bench
 
 test: venv collection
 	status=0
@@ -32,9 +32,10 @@ test: venv collection
 	exit $$status
 
 venv: $(BIN)/.installed
-$(BIN)/.installed: requirements-dev.txt
+$(BIN)/.installed: requirements-dev.txt $(wildcard proxy/pyproject.toml)
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q -r requirements-dev.txt
+	if [ -f proxy/pyproject.toml ]; then $(BIN)/pip install -q -e ./proxy; fi
 	touch $@
 
 # The collection as Ansible sees it: .build/collections/ansible_collections/selfhost/textgen -> repo
@@ -57,10 +58,13 @@ sanity: venv
 	$(BIN)/ansible-test sanity --python 3.11 --requirements --color no
 
 unit: venv
-	$(BIN)/pytest -q tests/unit
+	$(BIN)/pytest -q tests/unit $(wildcard proxy/tests/unit)
 
-integration: venv
+integration: venv tiny-model
 	$(BIN)/pytest -q tests/integration
+
+bench: venv tiny-model
+	for b in benchmarks/*.py; do echo "===== $$b ====="; $(BIN)/python $$b; done
 
 images:
 	bash tests/testbed/build-image.sh bookworm
@@ -73,6 +77,8 @@ tiny-model: venv
 	[ -f $(BUILD)/tiny-model/model.safetensors ] || $(BIN)/python tests/tiny_model/build.py $(BUILD)/tiny-model
 
 molecule: venv collection tiny-model
+	export TEXTGEN_WHEELHOUSE=$$(bash tests/testbed/wheelhouse.sh | tail -n 1)
+	export TEXTGEN_TINY_MODEL=$(BUILD)/tiny-model
 	for s in $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS)); do
 	  echo "===== molecule test -s $$s ====="
 	  $(BIN)/molecule test -s $$s
