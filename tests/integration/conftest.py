@@ -51,9 +51,13 @@ def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     if os.environ.get("TEXTGEN_VLLM_URL"):
         yield os.environ["TEXTGEN_VLLM_URL"].rstrip("/")
         return
-    venv = subprocess.run(
-        ["bash", str(ROOT / "tests/testbed/host-vllm.sh")], check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
+    venv = (
+        subprocess.run(
+            ["bash", str(ROOT / "tests/testbed/host-vllm.sh")], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     port = free_port()
     work = tmp_path_factory.mktemp("vllm")
     env = dict(
@@ -69,12 +73,26 @@ def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     log = (work / "vllm.log").open("w")
     proc = subprocess.Popen(
         [
-            f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(tiny_model_dir), "--served-model-name", SERVED_NAME,
-            "--max-model-len", "512", "--dtype", "float32", "--enforce-eager",
-            "--host", "127.0.0.1", "--port", str(port),
+            f"{venv}/bin/python",
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tiny_model_dir),
+            "--served-model-name",
+            SERVED_NAME,
+            "--max-model-len",
+            "512",
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
         ],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300

@@ -124,7 +124,11 @@ def build(out_dir: Path) -> None:
         "chat_template": CHAT_TEMPLATE,
     }
     special_map = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>"}
-    generation_config = {"bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<pad>"]}
+    generation_config = {
+        "bos_token_id": ids["<s>"],
+        "eos_token_id": ids["</s>"],
+        "pad_token_id": ids["<pad>"],
+    }
     for name, data in (
         ("config.json", config),
         ("tokenizer_config.json", tokenizer_config),
