@@ -22,6 +22,7 @@ SCENARIO    ?=
         docker-up docker-down demo demo-clean clean bench
 
 test: venv collection
+	bash tests/testbed/host-packages.sh
 	status=0
 	$(MAKE) --no-print-directory lint sanity unit || status=$$?
 	if [ $$status -eq 0 ]; then
@@ -48,14 +49,35 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ansible-lint --profile production
 
-# ansible-test needs the collection at .../ansible_collections/NS/NAME: sanity runs on a copy there.
-sanity: venv
+# ansible-test needs the collection at .../ansible_collections/NS/NAME: sanity runs on a copy there, from
+# its own venv holding ansible-test's pinned sanity requirements (its --requirements bootstrap needs a
+# host that is not reachable from CI).
+SANITY_VENV := $(BUILD)/sanity-venv
+$(SANITY_VENV)/.installed: requirements-dev.txt
+	$(PY) -m venv $(SANITY_VENV)
+	$(SANITY_VENV)/bin/pip install -q $$(grep '^ansible-core==' requirements-dev.txt)
+	reqs=$$($(SANITY_VENV)/bin/python -c 'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_data/requirements
+	for t in ansible-doc changelog import pep8 pylint runtime-metadata validate-modules yamllint; do
+	  $(SANITY_VENV)/bin/pip install -q -r $$reqs/sanity.$$t.txt
+	done
+	touch $@
+
+# ansible-test bootstraps pip in its test venvs with get-pip.py from a host CI cannot reach: give it
+# the same pip release from PyPI through a small stand-in script in its cache.
+ANSIBLE_TEST_PIP := 24.2
+ANSIBLE_TEST_CACHE := $(HOME)/.ansible/test/cache
+$(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py: tests/testbed/get_pip_shim.py
+	mkdir -p $(ANSIBLE_TEST_CACHE)
+	$(PY) -m pip download -q --no-deps -d $(ANSIBLE_TEST_CACHE) pip==$(ANSIBLE_TEST_PIP)
+	cp tests/testbed/get_pip_shim.py $@
+
+sanity: $(SANITY_VENV)/.installed $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py $(SANITY_VENV)/.installed
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/selfhost/textgen
 	git ls-files -co --exclude-standard | grep -v '^proxy/tests/' | \
 	  tar -cf - -T - | tar -xf - -C $(BUILD)/sanity/ansible_collections/selfhost/textgen
 	cd $(BUILD)/sanity/ansible_collections/selfhost/textgen
 	git init -q . && git add -A
-	$(BIN)/ansible-test sanity --python 3.11 --requirements --color no
+	PATH=$(SANITY_VENV)/bin:$$PATH $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --color no
 
 unit: venv
 	$(BIN)/pytest -q tests/unit $(wildcard proxy/tests/unit)

@@ -1,19 +1,11 @@
 #!/usr/bin/env bash
-# Make sure a Docker engine answers. Installs docker.io/debootstrap when missing and starts dockerd by
+# Make sure a Docker engine answers. Installs the host packages when missing and starts dockerd by
 # hand when no engine runs (hosts without systemd as PID 1). Records the PID it started so that
 # docker-down.sh stops only what this script started.
 set -euo pipefail
 state="${TEXTGEN_STATE_DIR:-$(pwd)/.build}"
 mkdir -p "$state"
-need=()
-command -v dockerd >/dev/null || need+=(docker.io)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v curl >/dev/null || need+=(curl)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "docker-up: installing ${need[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash "$(dirname "$0")/host-packages.sh"
 if docker info >/dev/null 2>&1; then
   echo "docker-up: engine already answers"
   exit 0

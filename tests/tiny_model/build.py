@@ -40,7 +40,7 @@ many layers on large amounts of data. once upon a time there was a small languag
 a server with two cores and no graphics card, and it answered every question with great confidence.
 the weather today is sunny with a light breeze from the west. numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000.
 json: {"name": "value", "list": [1, 2, 3], "ok": true}. code: def add(a, b): return a + b
-unicode: café naïve über straße 東京 こんにちは 😀 — “quotes” and ‘apostrophes’.
+unicode: café naïve über straße 東京 こんにちは 😀 \u2014 \u201cquotes\u201d and \u2018apostrophes\u2019.
 """
 
 
