@@ -130,7 +130,11 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         if self._state == _CLOSE and exc is None:
-            self._finish(time.perf_counter())
+            try:
+                self._finish(time.perf_counter())
+            except Exception as error:  # the handler rejected the end of the stream
+                if self._future is not None and not self._future.done():
+                    self._future.set_exception(error)
             return
         if self._future is not None and not self._future.done():
             where = "before the response" if self.received == 0 else "in the middle of the response"

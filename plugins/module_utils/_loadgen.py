@@ -28,7 +28,6 @@ from ansible_collections.selfhost.textgen.plugins.module_utils._http import (
     ResponseHandler,
 )
 from ansible_collections.selfhost.textgen.plugins.module_utils._sse import (
-    DONE,
     TOKEN,
     SSEParser,
     StreamError,
@@ -47,17 +46,25 @@ APIS = ("tgi", "openai", "openai_chat")
 
 # Prompts of about N tokens are made from common English words (about 1.3 tokens per word with
 # the usual BPE tokenizers); the servers' own counts are reported as measured.
-_WORDS = tuple(
-    "the of and to in is was that for on with as by at from his her they this which have had not "
-    "are but one were all there their when would been who will more if out so said what about up "
-    "into than them can only other new some could time these two may then first any like now my "
-    "over such our man me even most made after also did many before must through back years where "
-    "much your way well down should because each just those people how too little state good very "
-    "make world still own see men work long get here between both life being under never day same "
-    "another know while last might us great old year off come since against go came right used "
-    "take three place small found part again house home water river mountain city market garden "
-    "engine signal window letter number story music winter summer morning evening question answer"
-).split()
+# fmt: off
+_WORDS = (
+    "the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at",
+    "from", "his", "her", "they", "this", "which", "have", "had", "not", "are", "but", "one",
+    "were", "all", "there", "their", "when", "would", "been", "who", "will", "more", "if", "out",
+    "so", "said", "what", "about", "up", "into", "than", "them", "can", "only", "other", "new",
+    "some", "could", "time", "these", "two", "may", "then", "first", "any", "like", "now", "my",
+    "over", "such", "our", "man", "me", "even", "most", "made", "after", "also", "did", "many",
+    "before", "must", "through", "back", "years", "where", "much", "your", "way", "well", "down",
+    "should", "because", "each", "just", "those", "people", "how", "too", "little", "state",
+    "good", "very", "make", "world", "still", "own", "see", "men", "work", "long", "get", "here",
+    "between", "both", "life", "being", "under", "never", "day", "same", "another", "know",
+    "while", "last", "might", "us", "great", "old", "year", "off", "come", "since", "against",
+    "go", "came", "right", "used", "take", "three", "place", "small", "found", "part", "again",
+    "house", "home", "water", "river", "mountain", "city", "market", "garden", "engine", "signal",
+    "window", "letter", "number", "story", "music", "winter", "summer", "morning", "evening",
+    "question", "answer",
+)
+# fmt: on
 TOKENS_PER_WORD = 1.3
 
 
@@ -117,8 +124,11 @@ class StreamHandler(ResponseHandler):
         if not self.streaming:
             super().on_body(data, now)
             return
+        self._events(self.parser.feed(data), now)
+
+    def _events(self, events: list[tuple[str, str]], now: float) -> None:
         rec = self.record
-        for event_type, payload in self.parser.feed(data):
+        for event_type, payload in events:
             kind = self.interp.interpret(event_type, payload)
             if kind == TOKEN:
                 if rec.ttft is None:
@@ -127,13 +137,12 @@ class StreamHandler(ResponseHandler):
                     rec.itl.append(now - rec.last_token)
                 rec.last_token = now
                 rec.chunks += 1
-            elif kind == DONE:
-                pass
 
     def on_end(self, now: float) -> None:
         rec = self.record
         if not self.streaming:
             return
+        self._events(self.parser.finish(), now)
         interp = self.interp
         rec.output_tokens = interp.output_tokens
         rec.prompt_tokens = interp.prompt_tokens

@@ -346,7 +346,10 @@ def gather(
         fields = tuple(f for f in QUERY_FIELDS if f != "compute_cap")
         rc, out, err = run(query_gpu_command(nvidia_smi, fields))
     if rc != 0:
-        return absent(explain_smi_failure(rc, out, err)), pci
+        reason = explain_smi_failure(rc, out, err)
+        if not pci_gpus and os.path.isdir(os.path.join(sysfs_root, "bus", "pci", "devices")):
+            reason = f"no NVIDIA GPU on the PCI bus ({reason})"
+        return absent(reason), pci
     try:
         gpus = parse_query_gpu(out, fields)
     except ValueError as exc:

@@ -85,6 +85,13 @@ class SSEParser:
             events.append((event_type or "message", "\n".join(data)))
         return events
 
+    def finish(self) -> list[tuple[str, str]]:
+        """At the end of the stream: a CR held back as a possible CRLF half was a line end."""
+        if not self._cr_pending:
+            return []
+        self._cr_pending = False
+        return self.feed(b"\n")
+
     @property
     def pending(self) -> bytes:
         """Bytes of an event that has not been terminated yet."""
