@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import ssl
 import time
@@ -344,7 +345,7 @@ class Pool:
         except ssl.SSLError as exc:
             raise HTTPClientError(f"TLS handshake with {ep.describe()} failed: {exc}") from None
         except OSError as exc:
-            reason = exc.strerror or str(exc)
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
             raise HTTPClientError(f"cannot connect to {ep.describe()}: {reason}") from None
         self._all.add(conn)
         return conn

@@ -300,7 +300,7 @@ class LoadGenerator:
     async def _sample_server_metrics(self, pool: Pool) -> None:
         state = self.state
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.5)
             sample = await self.read_server_metrics(pool)
             if not sample:
                 continue

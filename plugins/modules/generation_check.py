@@ -330,7 +330,7 @@ server_metrics:
     - The server's own vLLM metrics from C(/metrics), summed over engines and models.
     - C(before) and C(after) hold gauges (C(num_requests_running), C(num_requests_waiting),
       C(kv_cache_usage_perc)) and counters (C(prompt_tokens_total), C(generation_tokens_total),
-      C(num_preemptions_total), C(request_success_total)); C(peak) the largest gauges seen once a second
+      C(num_preemptions_total), C(request_success_total)); C(peak) the largest gauges seen twice a second
       during the run; C(delta) the counters' growth (warm-up included).
   returned: when the load ran
   type: dict
