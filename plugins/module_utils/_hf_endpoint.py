@@ -514,7 +514,12 @@ def old_capacity(desc: dict) -> dict:
 
 
 def inventory_vars(desc: dict, plan: dict) -> dict:
-    """Inventory variables for the new fleet's gpu_servers group (role variable names)."""
+    """Inventory variables for the new fleet's gpu_servers group (vllm and hf_proxy role variables).
+
+    The TGI limits of the endpoint carry over to the proxy, which enforces them with TGI's messages:
+    MAX_INPUT_TOKENS and MAX_TOTAL_TOKENS (proxy settings), MAX_CONCURRENT_REQUESTS; /info reports the
+    model repository as model_id, as TGI did.
+    """
     out = {
         "vllm_model": plan["model"],
         "vllm_model_revision": plan["revision"] or "",
@@ -524,7 +529,15 @@ def inventory_vars(desc: dict, plan: dict) -> dict:
         "vllm_gpu_memory_utilization": plan["gpu_memory_utilization"],
         "vllm_dtype": plan["dtype"] or "auto",
         "vllm_quantization": plan["quantization"] or "",
-        "textgen_fleet_serving_hosts": plan["serving_hosts"],
-        "textgen_fleet_standby_hosts": plan["standby_hosts"],
+        "hf_proxy_model_id": plan["model"],
     }
+    if plan.get("max_concurrent_requests"):
+        out["hf_proxy_max_concurrent_requests"] = plan["max_concurrent_requests"]
+    settings = {}
+    if plan.get("max_input_tokens"):
+        settings["max_input_tokens"] = plan["max_input_tokens"]
+    if plan.get("max_model_len"):
+        settings["max_total_tokens"] = plan["max_model_len"]
+    if settings:
+        out["hf_proxy_settings"] = settings
     return out

@@ -280,11 +280,21 @@ def test_inventory_vars_use_role_variable_names():
     assert iv["vllm_tensor_parallel_size"] == 1
     assert iv["vllm_dtype"] == "bfloat16"
     assert iv["vllm_quantization"] == ""
-    assert iv["textgen_fleet_serving_hosts"] == 1 and iv["textgen_fleet_standby_hosts"] == 2
-    defaults = (ROOT / "roles" / "vllm" / "defaults" / "main.yml").read_text()
+    assert iv["hf_proxy_model_id"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert iv["hf_proxy_max_concurrent_requests"] == 128
+    assert iv["hf_proxy_settings"] == {"max_input_tokens": 7168, "max_total_tokens": 8192}
     for name in iv:
-        if name.startswith("vllm_"):
-            assert f"\n{name}:" in defaults, f"{name} is not a vllm role variable"
+        role = name.split("_")[0] if name.startswith("vllm_") else "hf_proxy"
+        defaults = (ROOT / "roles" / role / "defaults" / "main.yml").read_text()
+        assert f"\n{name}:" in defaults, f"{name} is not a variable of the {role} role"
+
+
+def test_inventory_vars_without_tgi_limits():
+    desc = hf.describe(HUB_RUNNING)
+    iv = hf.inventory_vars(desc, hf.plan_fleet(desc, 70_000_000_000, gpu_memory_gib=80))
+    assert iv["vllm_max_model_len"] == 0
+    assert iv["vllm_tensor_parallel_size"] == 4
+    assert "hf_proxy_settings" not in iv and "hf_proxy_max_concurrent_requests" not in iv
 
 
 def test_old_capacity():
