@@ -346,6 +346,13 @@ def test_driver_failures(tmp_path, rc, output, expected):
     assert expected in gpu["reason"]
 
 
+def test_driver_installed_without_gpu(tmp_path):
+    """A CI container or image build: the driver packages are there, no GPU and no module."""
+    msg = "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"
+    gpu = _absent(tmp_path, lambda args: (9, msg, ""), "/usr/bin/nvidia-smi", pci=H100_PCI[:1])
+    assert gpu["reason"].startswith("no NVIDIA GPU on the PCI bus (nvidia-smi cannot communicate")
+
+
 def test_empty_query_output(tmp_path):
     gpu = _absent(tmp_path, lambda args: (0, "", ""), "nvidia-smi")
     assert gpu["reason"] == "nvidia-smi lists no GPU"
