@@ -30,7 +30,6 @@ GOOD = {"vllm_max_num_seqs": 32}
 BAD = {"vllm_max_num_seqs": 32, "vllm_max_model_len": 64}  # the gate's ~100-token prompts no longer fit
 
 
-
 def target(name: str):
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
 
@@ -86,7 +85,8 @@ class LoadGenerator:
                 self.ok += 1
         except Exception as exc:
             with self._lock:
-                self.failures.append(f"{time.strftime('%H:%M:%S')} {'stream' if stream else 'generate'}: {exc}")
+                kind = "stream" if stream else "generate"
+                self.failures.append(f"{time.strftime('%H:%M:%S')} {kind}: {exc}")
         finally:
             conn.close()
 
@@ -110,7 +110,9 @@ class LoadGenerator:
             t.join(timeout=90)
 
 
-def rollout(extra: dict) -> tuple[int, str, float]:
+def playbook(
+    name: str, extra: dict | None = None, inventories: list[str] | None = None
+) -> tuple[int, str, float]:
     env = dict(
         os.environ,
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
@@ -118,25 +120,22 @@ def rollout(extra: dict) -> tuple[int, str, float]:
         ANSIBLE_FORCE_COLOR="0",
         ANSIBLE_NOCOLOR="1",
     )
+    cmd = [str(Path(sys.executable).parent / "ansible-playbook")]
+    for inv in inventories or [INVENTORY]:
+        cmd += ["-i", inv]
+    cmd.append(str(ROOT / "playbooks" / name))
+    if extra:
+        cmd += ["-e", json.dumps(extra)]
     start = time.monotonic()
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            INVENTORY,
-            str(ROOT / "playbooks" / "rollout.yml"),
-            "-e",
-            json.dumps(extra),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=1800,
-    )
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     took = time.monotonic() - start
     out = proc.stdout + proc.stderr
-    print(f"\n----- rollout {extra}: rc={proc.returncode} in {took:.0f} s -----\n{out[-6000:]}")
+    print(f"\n----- {name} {extra or ''}: rc={proc.returncode} in {took:.0f} s -----\n{out[-6000:]}")
     return proc.returncode, out, took
+
+
+def rollout(extra: dict) -> tuple[int, str, float]:
+    return playbook("rollout.yml", extra)
 
 
 def invocation(name: str) -> str:
@@ -148,7 +147,8 @@ def vllm_config(name: str) -> str:
 
 
 def lb_line(name: str) -> str:
-    lines = [x for x in target("fleet-lb").file(UPSTREAMS).content_string.splitlines() if x.endswith(f"# {name}")]
+    text = target("fleet-lb").file(UPSTREAMS).content_string
+    lines = [x for x in text.splitlines() if x.endswith(f"# {name}")]
     assert len(lines) == 1, f"no upstream line for {name}"
     return lines[0]
 
@@ -158,7 +158,7 @@ def address() -> str:
     addr = lb_address()
     with LoadGenerator(addr, workers=1) as probe:
         time.sleep(3)
-    assert probe.ok > 0 and not probe.failures, f"the load balancer does not serve before the test: {probe.failures}"
+    assert probe.ok > 0 and not probe.failures, f"the load balancer does not serve: {probe.failures}"
     return addr
 
 
@@ -168,7 +168,7 @@ def test_rollout_under_load_fails_no_request(address):
         assert "max-num-seqs" not in vllm_config(h)
     with LoadGenerator(address) as load:
         rc, out, took = rollout(GOOD)
-    print(f"load during the rollout: {load.ok} requests succeeded, {len(load.failures)} failed; rollout {took:.0f} s")
+    print(f"load during the rollout: {load.ok} succeeded, {len(load.failures)} failed; rollout {took:.0f} s")
     assert rc == 0, out[-3000:]
     assert load.failures == [], load.failures[:20]
     assert load.ok >= 20, f"the load generator sent too little to mean anything ({load.ok})"
@@ -208,3 +208,20 @@ def test_rollback_is_a_rerun_with_the_old_values(address):
     for h in GPUS:
         assert "max-model-len: 512" in vllm_config(h)
         assert not lb_line(h).split("#")[0].rstrip().endswith("down;")
+
+
+def test_scale_moves_a_host_to_standby_and_back_without_a_restart(address, tmp_path):
+    standby = tmp_path / "standby.yml"
+    standby.write_text("all:\n  children:\n    standby:\n      hosts:\n        fleet-gpu2:\n")
+    running = invocation("fleet-gpu2")
+    with LoadGenerator(address) as load:
+        rc, out, _ = playbook("scale.yml", inventories=[INVENTORY, str(standby)])
+        assert rc == 0, out[-3000:]
+        assert lb_line("fleet-gpu2").split("#")[0].rstrip().endswith("down;"), "fleet-gpu2 still serves"
+        assert not lb_line("fleet-gpu1").split("#")[0].rstrip().endswith("down;")
+        rc, out, took = playbook("scale.yml")
+        assert rc == 0, out[-3000:]
+    print(f"load while scaling: {load.ok} ok, {len(load.failures)} failed; serving again in {took:.0f} s")
+    assert not lb_line("fleet-gpu2").split("#")[0].rstrip().endswith("down;"), "fleet-gpu2 not back"
+    assert invocation("fleet-gpu2") == running, "vLLM restarted: scaling must not cold-start"
+    assert load.failures == [], load.failures[:20]
