@@ -101,9 +101,18 @@ tiny-model: venv
 molecule: venv collection tiny-model
 	export TEXTGEN_WHEELHOUSE=$$(bash tests/testbed/wheelhouse.sh | tail -n 1)
 	export TEXTGEN_TINY_MODEL=$(BUILD)/tiny-model
+	noble=1; docker image inspect textgen-testbed:noble >/dev/null 2>&1 || noble=0
 	for s in $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS)); do
-	  echo "===== molecule test -s $$s ====="
-	  $(BIN)/molecule test -s $$s
+	  args=()
+	  if [ $$noble -eq 0 ] && grep -qE 'name: [a-z_-]+-noble' molecule/$$s/molecule.yml; then
+	    keep=$$(grep -oE 'name: [a-z_-]+-bookworm' molecule/$$s/molecule.yml | head -n 1 | cut -d' ' -f2)
+	    echo "##### WARNING: no textgen-testbed:noble image (Ubuntu archive unreachable): scenario $$s runs $$keep only; noble is SKIPPED #####"
+	    args=(--platform-name "$$keep")
+	  fi
+	  echo "===== molecule test -s $$s $${args[*]} ====="
+	  start=$$(date +%s)
+	  $(BIN)/molecule test -s $$s "$${args[@]}"
+	  echo "===== molecule test -s $$s: $$(( $$(date +%s) - start )) s ====="
 	done
 
 docker-up:
