@@ -2,7 +2,8 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read a Hugging Face Inference Endpoint description and size a self-hosted vLLM fleet for it.
 
-Standard library only: this runs wherever the module runs (usually the controller).
+Python standard library and Ansible's own module_utils only: this runs wherever the module runs
+(usually the controller).
 
 The description is the JSON the Inference Endpoints API returns for
 ``GET https://api.endpoints.huggingface.cloud/v2/endpoint/{namespace}/{name}``; it is what
@@ -23,10 +24,10 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import urllib.error
 import urllib.parse
-import urllib.request
+
+from ansible.module_utils.urls import open_url
 
 API_URL = "https://api.endpoints.huggingface.cloud/v2"
 HUB_URL = "https://huggingface.co"
@@ -112,15 +113,6 @@ class EndpointError(Exception):
 # ---------------------------------------------------------------------------------------------------
 
 
-def _ssl_context(validate_certs: bool, ca_path: str | None) -> ssl.SSLContext:
-    if not validate_certs:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    return ssl.create_default_context(cafile=ca_path) if ca_path else ssl.create_default_context()
-
-
 def _get_json(
     url: str,
     token: str | None,
@@ -129,15 +121,20 @@ def _get_json(
     ca_path: str | None = None,
     what: str = "",
 ) -> object:
-    headers = {"Accept": "application/json", "User-Agent": "selfhost.textgen"}
+    headers = {"Accept": "application/json"}
     if token:
         headers["Authorization"] = "Bearer " + token
-    req = urllib.request.Request(url, headers=headers)
+    what = what or "request"
     try:
-        with urllib.request.urlopen(
-            req, timeout=timeout_s, context=_ssl_context(validate_certs, ca_path)
-        ) as resp:
-            body = resp.read()
+        resp = open_url(
+            url,
+            headers=headers,
+            timeout=timeout_s,
+            validate_certs=validate_certs,
+            ca_path=ca_path,
+            http_agent="selfhost.textgen",
+        )
+        body = resp.read()
     except urllib.error.HTTPError as exc:
         detail = ""
         try:
@@ -149,19 +146,19 @@ def _get_json(
             403: "the token may not read this namespace (it needs read access to Inference Endpoints)",
             404: "no such endpoint or model (check the namespace and name)",
         }.get(exc.code, "")
-        msg = f"{what or 'request'}: HTTP {exc.code} from {url}"
+        msg = f"{what}: HTTP {exc.code} from {url}"
         if hint:
             msg += ": " + hint
         if detail:
             msg += f" (server said: {detail})"
         raise EndpointError(msg) from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise EndpointError("{}: cannot reach {}: {}".format(what or "request", url, reason)) from None
+    except Exception as exc:  # URLError, SSL validation, timeouts, refused connections
+        reason = getattr(exc, "reason", None) or exc
+        raise EndpointError(f"{what}: cannot reach {url}: {reason}") from None
     try:
         return json.loads(body.decode("utf-8"))
     except ValueError:
-        raise EndpointError("{}: {} did not return JSON".format(what or "request", url)) from None
+        raise EndpointError(f"{what}: {url} did not return JSON") from None
 
 
 def fetch_endpoint(

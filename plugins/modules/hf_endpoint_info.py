@@ -19,15 +19,17 @@ description:
     host from the model's size, serving and standby host counts from the replicas).
   - Returns the inventory variables that the roles C(selfhost.textgen.vllm) and C(selfhost.textgen.hf_proxy)
     read; the playbook C(selfhost.textgen.migrate_from_hf) writes them to a file.
-  - Standard library only. Read-only; supports check mode.
+  - Needs only the Python standard library. Read-only; supports check mode.
 author:
-  - selfhost.textgen contributors
+  - selfhost.textgen maintainers (@selfhost)
 options:
   path:
     description:
       - A JSON file with a saved endpoint description (on the machine the module runs on).
-      - Save one with C(json.dump(huggingface_hub.get_inference_endpoint(NAME, namespace=NS\).raw, f\)),
-        or with C(curl -H "Authorization: Bearer $HF_TOKEN" https://api.endpoints.huggingface.cloud/v2/endpoint/NS/NAME).
+      - >-
+        Save one with C(json.dump(huggingface_hub.get_inference_endpoint(NAME, namespace=NS\).raw, f\)), or
+        with C(curl) from C(https://api.endpoints.huggingface.cloud/v2/endpoint/NS/NAME) with the token in an
+        C(Authorization) header.
       - Mutually exclusive with O(name).
     type: path
   name:
