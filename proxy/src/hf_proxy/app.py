@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import signal
@@ -20,7 +21,7 @@ from .client import Response, UpstreamError, fetch
 from .config import Settings
 from .metrics import Metrics
 from .server import HttpProtocol, Request
-from .stream import DONE, KEEPALIVE, SSEParser, error_event, event
+from .stream import DONE, KEEPALIVE, SSEParser, error_event
 from .translate import GenerationError, StreamState, from_vllm, plan_request, to_vllm
 from .upstream import Balancer, ModelInfo, Upstream
 from .validate import (
@@ -84,7 +85,9 @@ class App:
         self.s = settings
         self.metrics = metrics
         self.rng = random.Random()
-        self.auth = [("authorization", f"Bearer {settings.upstream_api_key}")] if settings.upstream_api_key else []
+        self.auth = (
+            [("authorization", f"Bearer {settings.upstream_api_key}")] if settings.upstream_api_key else []
+        )
         self.tok: tokenizer_mod.ModelTokenizer | None = None
         self._tok_tried = False
         if settings.tokenizer:
@@ -99,6 +102,8 @@ class App:
             self._on_model,
         )
         self.streams: dict[Request, float] = {}
+        self._limits: Limits | None = None
+        self._limits_for: ModelInfo | None = None
         self.timeout = settings.request_timeout or None
 
     # -- model and limits ------------------------------------------------------------------
@@ -110,9 +115,12 @@ class App:
     @property
     def limits(self) -> Limits:
         m = self.balancer.model
+        if self._limits is not None and self._limits_for is m:
+            return self._limits
+        self._limits_for = m
         mml = m.max_model_len if m and m.max_model_len else 0
         total = self.s.max_total_tokens or mml or 2048
-        return Limits(
+        self._limits = Limits(
             max_best_of=self.s.max_best_of,
             max_stop_sequences=self.s.max_stop_sequences,
             max_top_n_tokens=self.s.max_top_n_tokens,
@@ -120,6 +128,7 @@ class App:
             max_total_tokens=total,
             default_max_new_tokens=self.s.default_max_new_tokens,
         )
+        return self._limits
 
     # -- dispatch --------------------------------------------------------------------------
     async def handle(self, req: Request) -> None:
@@ -138,7 +147,7 @@ class App:
                 return self.tokenize(req)
         elif method in ("GET", "HEAD"):
             if path in ("/health", "/", "/ping"):
-                return self.health(req)
+                return await self.health(req)
             if path == "/info":
                 return self.info(req)
             if path == "/metrics":
@@ -154,7 +163,9 @@ class App:
 
     def too_large(self, req: Request) -> None:
         req.keep_alive = False
-        req.respond(413, b"Failed to buffer the request body: length limit exceeded", "text/plain; charset=utf-8")
+        req.respond(
+            413, b"Failed to buffer the request body: length limit exceeded", "text/plain; charset=utf-8"
+        )
 
     def fail(self, req: Request, e: RequestError, count: bool = True) -> None:
         if count:
@@ -163,8 +174,8 @@ class App:
         req.respond(e.status, body, ct)
 
     # -- small routes ----------------------------------------------------------------------
-    def health(self, req: Request) -> None:
-        if self.balancer.any_healthy:
+    async def health(self, req: Request) -> None:
+        if self.balancer.any_healthy or await self.balancer.recheck():
             req.respond(200, b"", None)
         else:
             self.fail(req, UNHEALTHY, count=False)
@@ -193,7 +204,8 @@ class App:
             body["tokenizer_config"] = {
                 k: v
                 for k, v in self.tok.config.items()
-                if k in ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "model_max_length")
+                if k
+                in ("bos_token", "eos_token", "pad_token", "unk_token", "chat_template", "model_max_length")
             }
         body["upstreams"] = [{"url": u.url, "healthy": u.healthy} for u in self.balancer.upstreams]
         body["tokenizer"] = str(self.tok.path) if self.tok is not None else None
@@ -216,17 +228,22 @@ class App:
             return self.fail(req, e, count=False)
         if self.tok is None:
             return self.fail(
-                req, RequestError(404, "No fast tokenizer or tokenizer.json for this model", "no fast tokenizer")
+                req,
+                RequestError(404, "No fast tokenizer or tokenizer.json for this model", "no fast tokenizer"),
             )
         req.respond(200, orjson.dumps(self.tok.tokenize(greq.inputs)))
         return None
 
     # -- upstream calls --------------------------------------------------------------------
-    async def _send(self, path: str, body: bytes, headers: list[tuple[str, str]]) -> tuple[Upstream, Response]:
+    async def _send(
+        self, path: str, body: bytes, headers: list[tuple[str, str]]
+    ) -> tuple[Upstream, Response]:
         """POST to a healthy upstream; a connection failure ejects it and tries the next one."""
         tried: set[Upstream] = set()
         while True:
             u = self.balancer.choose(tried)
+            if u is None and not tried and await self.balancer.recheck():
+                u = self.balancer.choose(tried)
             if u is None:
                 raise UNHEALTHY
             tried.add(u)
@@ -246,6 +263,8 @@ class App:
         if self.tok is not None:
             return self.tok.count(text, truncate)
         u = self.balancer.choose()
+        if u is None and await self.balancer.recheck():
+            u = self.balancer.choose()
         if u is None:
             raise UNHEALTHY
         try:
@@ -286,6 +305,8 @@ class App:
         if self.metrics.total("hf_proxy_requests_in_flight") > self.s.max_concurrent_requests:
             raise OVERLOADED
         model = self.balancer.model
+        if model is None and await self.balancer.recheck():
+            model = self.balancer.model
         if model is None:
             raise UNHEALTHY
         lim = self.limits
@@ -297,12 +318,29 @@ class App:
                 "has not loaded (start it with --tokenizer)",
                 "validation",
             )
-        input_length = await self._input_length(greq.inputs, greq.truncate, model.name)
-        max_new = validate_lengths(greq, input_length, lim)
+        fixed = greq.max_new_tokens or lim.default_max_new_tokens
+        if fixed and fixed + 2 * len(greq.inputs.encode()) + 8 <= lim.max_input_tokens:
+            # No tokenizer gives more than 2 tokens a byte (plus special tokens): the length checks
+            # cannot fail, so the count is left to the upstream (prompt_token_ids in its answer).
+            input_length, max_new = -1, fixed
+        else:
+            input_length = await self._input_length(greq.inputs, greq.truncate, model.name)
+            max_new = validate_lengths(greq, input_length, lim)
         greq.grammar = validate_grammar(greq)
         plan = plan_request(greq, input_length, compat, self.tok is not None, self.rng)
         body = orjson.dumps(to_vllm(greq, plan, model.name, max_new, greq.stream))
         return plan, body, _now()
+
+    async def _refused(self, greq: Any, plan: Any, status: int, raw: bytes) -> RequestError:
+        """An upstream refusal; when the prompt was not counted before, TGI's length message wins."""
+        if status == 400 and plan.input_length < 0:
+            m = self.balancer.model
+            try:
+                n = await self._input_length(greq.inputs, greq.truncate, m.name if m else "")
+                validate_lengths(greq, n, self.limits)
+            except RequestError as e:
+                return e
+        return upstream_error(status, raw)
 
     def _headers(self) -> list[tuple[str, str]]:
         return [("accept", "application/json"), *self.auth]
@@ -316,7 +354,9 @@ class App:
             raw = await (asyncio.wait_for(resp.read(), self.timeout) if self.timeout else resp.read())
         except asyncio.TimeoutError:
             resp.abort()
-            raise RequestError(424, "Request failed during generation: upstream timed out", "generation") from None
+            raise RequestError(
+                424, "Request failed during generation: upstream timed out", "generation"
+            ) from None
         except UpstreamError as e:
             u.mark(False, str(e))
             raise RequestError(424, f"Request failed during generation: {e}", "generation") from None
@@ -326,13 +366,15 @@ class App:
         finally:
             u.in_flight -= 1
         if resp.status != 200:
-            raise upstream_error(resp.status, raw)
+            raise await self._refused(greq, plan, resp.status, raw)
         try:
-            out, generated = from_vllm(orjson.loads(raw), plan, self.tok)
+            out, generated, prompt_tokens = from_vllm(orjson.loads(raw), plan, self.tok)
         except GenerationError as e:
             raise RequestError(500, str(e), "incomplete_generation") from None
         except (ValueError, KeyError, TypeError) as e:
-            raise RequestError(424, f"Request failed during generation: bad upstream answer: {e}", "generation") from None
+            raise RequestError(
+                424, f"Request failed during generation: bad upstream answer: {e}", "generation"
+            ) from None
         t_end = _now()
         total = t_end - req.started
         validation = t_valid - req.started
@@ -348,7 +390,7 @@ class App:
             ("x-queue-time", str(int(queue * 1000))),
             ("x-inference-time", str(int(inference * 1000))),
             ("x-time-per-token", str(int(per_token * 1000))),
-            ("x-prompt-tokens", str(plan.input_length)),
+            ("x-prompt-tokens", str(prompt_tokens)),
             ("x-generated-tokens", str(generated)),
         ]
         req.respond(200, orjson.dumps([out] if compat else out), headers=headers)
@@ -358,7 +400,7 @@ class App:
         m.observe("tgi_request_queue_duration", queue)
         m.observe("tgi_request_inference_duration", inference)
         m.observe("tgi_request_mean_time_per_token_duration", per_token)
-        m.observe("tgi_request_input_length", plan.input_length)
+        m.observe("tgi_request_input_length", prompt_tokens)
         m.observe("tgi_request_generated_tokens", generated)
 
     async def generate_stream(self, req: Request, greq: Any, compat: bool) -> None:
@@ -397,9 +439,9 @@ class App:
         ok = False
         try:
             if resp.status != 200:
-                raise upstream_error(resp.status, await resp.read())
+                raise await self._refused(greq, plan, resp.status, await resp.read())
             async for chunk in resp.iter_chunks():
-                out = []
+                out: list[bytes] = []
                 for item in parser.feed(chunk):
                     if item is DONE:
                         continue
@@ -407,13 +449,14 @@ class App:
                         err = item["error"]
                         msg = err.get("message", str(err)) if isinstance(err, dict) else str(err)
                         code = err.get("code", 500) if isinstance(err, dict) else 500
-                        raise upstream_error(int(code) if str(code).isdigit() else 500, orjson.dumps({"error": msg}))
-                    for ev in state.events(item):
-                        out.append(event(ev))
-                if out:
+                        raise upstream_error(
+                            int(code) if str(code).isdigit() else 500, orjson.dumps({"error": msg})
+                        )
+                    out.append(state.feed(item))
+                if out and (data := b"".join(out)):
                     if first is None:
                         first = _now()
-                    req.write_chunk(b"".join(out))
+                    req.write_chunk(data)
                     self.streams[req] = time.monotonic()
                     if req.closed:
                         raise asyncio.CancelledError
@@ -442,7 +485,7 @@ class App:
         m.observe("tgi_request_inference_duration", t_end - t_sent)
         if state.index:
             m.observe("tgi_request_mean_time_per_token_duration", (t_end - t_sent) / state.index)
-        m.observe("tgi_request_input_length", plan.input_length)
+        m.observe("tgi_request_input_length", max(state.input_length, 0))
         m.observe("tgi_request_generated_tokens", state.index)
 
     async def keepalive_loop(self) -> None:
@@ -487,6 +530,8 @@ class App:
     async def _passthrough(self, req: Request, body: bytes, headers: list[tuple[str, str]]) -> None:
         if req.method == "GET":
             u = self.balancer.choose()
+            if u is None and await self.balancer.recheck():
+                u = self.balancer.choose()
             if u is None:
                 raise UNHEALTHY
             try:
@@ -529,6 +574,11 @@ def serve(settings: Settings, sock: socket.socket, metrics: Metrics, slot: int) 
 
     metrics.use_slot(slot)
     metrics.reset_gauges(slot)
+    # Requests allocate many short-lived containers (parsed chunks): collect the young generation
+    # less often, and keep start-up objects out of the collector's way.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
     async def main() -> None:
         app = App(settings, metrics)

@@ -249,4 +249,3 @@ async def fetch(
         resp.abort()
         raise
     return resp.status, data
-

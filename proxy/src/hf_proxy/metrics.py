@@ -7,6 +7,7 @@ by any worker, sums the slots. The in-flight gauge doubles as the global concurr
 from __future__ import annotations
 
 import mmap
+from bisect import bisect_left
 
 ERROR_TYPES = (
     "validation",
@@ -79,11 +80,10 @@ class Metrics:
         i = self.base + self.index[name]
         buckets = HISTOGRAMS[name][1]
         v = self.values
-        for j, b in enumerate(buckets):
-            if value <= b:
-                v[i + j] += 1.0
-                break
         n = len(buckets)
+        j = bisect_left(buckets, value)
+        if j < n:
+            v[i + j] += 1.0
         v[i + n] += value
         v[i + n + 1] += 1.0
 
@@ -101,7 +101,10 @@ class Metrics:
         out: list[str] = []
         for name, help_ in COUNTERS.items():
             out += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {self.total(name):g}"]
-        out += ["# HELP tgi_request_failure Failed requests by error type", "# TYPE tgi_request_failure counter"]
+        out += [
+            "# HELP tgi_request_failure Failed requests by error type",
+            "# TYPE tgi_request_failure counter",
+        ]
         for err in ERROR_TYPES:
             out.append(f'tgi_request_failure{{err="{err}"}} {self.total("failure:" + err):g}')
         for name, help_ in GAUGES.items():

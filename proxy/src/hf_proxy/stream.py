@@ -25,27 +25,30 @@ class SSEParser:
         self._buf = b""
 
     def feed(self, data: bytes) -> list[Any]:
-        buf = self._buf + data
+        buf = self._buf + data if self._buf else data
         out: list[Any] = []
-        while True:
-            i = buf.find(b"\n\n")
-            j = buf.find(b"\r\n\r\n")
-            if i < 0 and j < 0:
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            end = buf.find(b"\n\n", pos)
+            if end < 0:
                 break
-            if j >= 0 and (i < 0 or j < i):
-                raw, buf = buf[:j], buf[j + 4 :]
+            raw = buf[pos:end]
+            pos = end + 2
+            if raw.startswith(b"data: ") and b"\n" not in raw:
+                payload = raw[6:]
             else:
-                raw, buf = buf[:i], buf[i + 2 :]
-            payload = []
-            for line in raw.splitlines():
-                if line.startswith(b"data:"):
-                    payload.append(line[5:].lstrip(b" "))
-            if not payload:
-                continue
-            data_ = b"\n".join(payload)
-            if data_ == b"[DONE]":
+                lines = [
+                    ln[5:].lstrip(b" ")
+                    for ln in raw.replace(b"\r", b"").split(b"\n")
+                    if ln.startswith(b"data:")
+                ]
+                if not lines:
+                    continue
+                payload = b"\n".join(lines)
+            if payload == b"[DONE]":
                 out.append(DONE)
             else:
-                out.append(orjson.loads(data_))
-        self._buf = buf
+                out.append(orjson.loads(payload))
+        self._buf = buf[pos:] if pos < n else b""
         return out

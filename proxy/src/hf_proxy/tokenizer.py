@@ -20,11 +20,54 @@ log = logging.getLogger("hf_proxy")
 _PREFIX_TOKENS = 5
 
 
+def _bytes_to_unicode() -> dict[str, int]:
+    """GPT-2's byte-level alphabet (the ByteLevel pre-tokenizer/decoder's), char -> byte."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+    bs += list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs, strict=True)}
+
+
+class ByteLevelStream:
+    """Incremental decoding for byte-level tokenizers: while every token is complete UTF-8 on its own,
+    its text is the cached single-token text (what DecodeStream returns then, without the Rust call);
+    from the first token that is not, tokenizers' DecodeStream takes over, seeded like TGI's prefix."""
+
+    __slots__ = ("ds", "owner", "recent")
+
+    def __init__(self, owner: ModelTokenizer, prompt_ids: list[int]) -> None:
+        self.owner = owner
+        self.recent = list(prompt_ids)
+        self.ds: DecodeStream | None = None
+        if any(owner.clean_text(i) is None for i in prompt_ids):
+            self.ds = DecodeStream(self.recent, skip_special_tokens=False)
+
+    def step(self, token_id: int) -> str:
+        if self.ds is None:
+            clean = self.owner.clean_text(token_id)
+            if clean is not None:
+                r = self.recent
+                r.append(token_id)
+                if len(r) > _PREFIX_TOKENS:
+                    del r[0]
+                return clean
+            self.ds = DecodeStream(self.recent, skip_special_tokens=False)
+        return self.ds.step(self.owner.tok, token_id) or ""
+
+
 class ModelTokenizer:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.tok = Tokenizer.from_file(str(path))
-        self.special_ids = frozenset(i for i, t in self.tok.get_added_tokens_decoder().items() if t.special)
+        added = self.tok.get_added_tokens_decoder()
+        self.added_ids = frozenset(added)
+        self.special_ids = frozenset(i for i, t in added.items() if t.special)
         self.config: dict[str, Any] = {}
         cfg = path.parent / "tokenizer_config.json"
         if cfg.is_file():
@@ -33,6 +76,50 @@ class ModelTokenizer:
             except (OSError, ValueError):
                 log.warning("cannot read %s", cfg)
         self.token_text = lru_cache(maxsize=65536)(self._token_text)
+        self.byte_level = self._decoder_type() == "ByteLevel"
+        self._bytes: dict[int, bytes] = {}
+        self._clean: dict[int, str | None] = {}
+        self._unicode = _bytes_to_unicode() if self.byte_level else {}
+
+    def _decoder_type(self) -> str:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return ""
+        dec = data.get("decoder") or {}
+        return str(dec.get("type", ""))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        b = self._bytes.get(token_id)
+        if b is None:
+            piece = self.tok.id_to_token(token_id)
+            if piece is None:
+                b = b""
+            elif token_id in self.added_ids:
+                b = piece.encode("utf-8")
+            else:
+                u = self._unicode
+                try:
+                    b = bytes(u[ch] for ch in piece)
+                except KeyError:
+                    b = self._token_text(token_id).encode("utf-8")
+            self._bytes[token_id] = b
+        return b
+
+    def clean_text(self, token_id: int) -> str | None:
+        """The token's text when its bytes are complete UTF-8 on their own, else None."""
+        try:
+            return self._clean[token_id]
+        except KeyError:
+            pass
+        try:
+            t: str | None = self.token_bytes(token_id).decode("utf-8")
+            if t is not None and "\ufffd" in t:
+                t = None
+        except UnicodeDecodeError:
+            t = None
+        self._clean[token_id] = t
+        return t
 
     def _token_text(self, token_id: int) -> str:
         return self.tok.decode([token_id], skip_special_tokens=False)
@@ -40,10 +127,14 @@ class ModelTokenizer:
     def is_special(self, token_id: int) -> bool:
         return token_id in self.special_ids
 
-    def stream(self, prompt_ids: list[int]) -> DecodeStream:
+    def stream(self, prompt_ids: list[int]) -> DecodeStream | ByteLevelStream:
+        if self.byte_level:
+            return ByteLevelStream(self, list(prompt_ids[-_PREFIX_TOKENS:]))
         return DecodeStream(list(prompt_ids[-_PREFIX_TOKENS:]), skip_special_tokens=False)
 
-    def step(self, stream: DecodeStream, token_id: int) -> str:
+    def step(self, stream: DecodeStream | ByteLevelStream, token_id: int) -> str:
+        if isinstance(stream, ByteLevelStream):
+            return stream.step(token_id)
         try:
             piece = stream.step(self.tok, token_id)
         except Exception:  # a decoder that cannot step (rare): fall back to the single token

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from .validate import GenerateRequest, Grammar
 
@@ -52,7 +53,11 @@ def finish_reason(reason: str | None, stop_reason: Any) -> str | None:
 
 
 def plan_request(
-    req: GenerateRequest, input_length: int, route_full_text_default: bool, id_tokens: bool, rng: random.Random
+    req: GenerateRequest,
+    input_length: int,
+    route_full_text_default: bool,
+    id_tokens: bool,
+    rng: random.Random,
 ) -> Plan:
     n = req.best_of if req.best_of and req.best_of > 1 else 1
     seed: int | None = None
@@ -79,7 +84,9 @@ def structured_outputs(g: Grammar) -> dict[str, Any]:
     return {"regex": g.value} if g.kind == "regex" else {"json": g.value}
 
 
-def to_vllm(req: GenerateRequest, plan: Plan, model: str, max_new_tokens: int, stream: bool) -> dict[str, Any]:
+def to_vllm(
+    req: GenerateRequest, plan: Plan, model: str, max_new_tokens: int, stream: bool
+) -> dict[str, Any]:
     """The /v1/completions body. Every sampling field is sent: vLLM otherwise applies the model's
     generation_config defaults (and max_tokens 16)."""
     sampling = req.sampling
@@ -234,8 +241,9 @@ class GenerationError(Exception):
     """The upstream ended a generation without a usable finish (TGI: incomplete generation)."""
 
 
-def from_vllm(resp: dict[str, Any], plan: Plan, tok: TokenText | None) -> tuple[dict[str, Any], int]:
-    """A non-stream vLLM answer to TGI's /generate object; also returns the generated token count."""
+def from_vllm(resp: dict[str, Any], plan: Plan, tok: TokenText | None) -> tuple[dict[str, Any], int, int]:
+    """A non-stream vLLM answer to TGI's /generate object; also returns the generated and prompt
+    token counts."""
     choices: list[dict[str, Any]] = sorted(resp.get("choices") or [], key=lambda c: c.get("index", 0))
     if not choices:
         raise GenerationError("upstream returned no choices")
@@ -250,6 +258,7 @@ def from_vllm(resp: dict[str, Any], plan: Plan, tok: TokenText | None) -> tuple[
     if not generated:
         usage = resp.get("usage") or {}
         generated = int(usage.get("completion_tokens") or 0)
+    prompt_tokens = len(prompt_ids) or int((resp.get("usage") or {}).get("prompt_tokens") or 0)
     out: dict[str, Any] = {"generated_text": main.generated_text}
     if plan.details:
         pre = prefill(choices[best], prompt_ids, tok) if plan.decoder_input_details else []
@@ -272,11 +281,15 @@ def from_vllm(resp: dict[str, Any], plan: Plan, tok: TokenText | None) -> tuple[
                 others.append(o)
             d["best_of_sequences"] = others
         out["details"] = d
-    return out, generated
+    return out, generated, prompt_tokens
+
+
+_EV_HEAD = b'data: {"index":%d,"token":{"id":%d,"text":%b,"logprob":%b,"special":%b}'
+_EV_TAIL = b',"generated_text":null,"details":null}\n\n'
 
 
 class StreamState:
-    """Turns vLLM stream chunks into TGI stream events, one per token."""
+    """Turns vLLM stream chunks into TGI stream events (SSE bytes), one event per token."""
 
     def __init__(self, plan: Plan, tok: TokenText | None) -> None:
         self.plan = plan
@@ -286,20 +299,24 @@ class StreamState:
         self.decoder: Any = None
         self.prompt_ids: list[int] = []
         self.finished: str | None = None
+        self.input_length = plan.input_length
 
-    def events(self, chunk: dict[str, Any]) -> Iterable[dict[str, Any]]:
-        """Events for one vLLM chunk (choice 0). Raises GenerationError on an aborted generation."""
-        choices = chunk.get("choices") or []
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        """SSE bytes for one vLLM chunk (choice 0). Raises GenerationError on an aborted generation."""
+        choices = chunk.get("choices")
         if not choices:
-            return []
+            return b""
         c = choices[0]
-        if c.get("prompt_token_ids"):
-            self.prompt_ids = c["prompt_token_ids"]
-        ids: list[int] = list(c.get("token_ids") or [])
+        pids = c.get("prompt_token_ids")
+        if pids:
+            self.prompt_ids = pids
+            if self.input_length < 0:
+                self.input_length = len(pids)
+        ids: list[int] = c.get("token_ids") or []
         lp = c.get("logprobs") or {}
-        lps = lp.get("token_logprobs") or []
-        strs = lp.get("tokens") or []
-        tops = lp.get("top_logprobs") or []
+        lps = lp.get("token_logprobs") or ()
+        strs = lp.get("tokens") or ()
+        tops = lp.get("top_logprobs") or ()
         if not ids and strs:
             ids = [t for t in (_token_id(s) for s in strs) if t is not None]
         self.text.append(c.get("text") or "")
@@ -307,29 +324,53 @@ class StreamState:
         fr = finish_reason(reason, c.get("stop_reason")) if reason is not None else None
         if reason is not None and fr is None:
             raise GenerationError("Incomplete generation stream")
-        if self.tok is not None and self.decoder is None:
-            self.decoder = self.tok.stream(self.prompt_ids)
-        out = []
+        tok = self.tok
+        if tok is not None and self.decoder is None:
+            self.decoder = tok.stream(self.prompt_ids)
+        out: list[bytes] = []
+        last = len(ids) - 1
         for i, tid in enumerate(ids):
             self.index += 1
-            if self.tok is not None:
-                text = self.tok.step(self.decoder, tid)
+            if tok is not None:
+                text = tok.step(self.decoder, tid)
+                special = tok.is_special(tid)
             else:
                 text = strs[i] if i < len(strs) else ""
-            ev: dict[str, Any] = {
-                "index": self.index,
-                "token": make_token(self.tok, tid, text, lps[i] if i < len(lps) else None),
-            }
-            if self.plan.top_n:
-                ev["top_tokens"] = top_tokens_at(self.tok, tops[i] if i < len(tops) else None, self.plan.top_n)
-            ev["generated_text"] = None
-            ev["details"] = None
-            out.append(ev)
+                special = False
+            logprob = _lp(lps[i]) if i < len(lps) else None
+            if (i == last and fr is not None) or self.plan.top_n:
+                ev: dict[str, Any] = {
+                    "index": self.index,
+                    "token": {"id": tid, "text": text, "logprob": logprob, "special": special},
+                }
+                if self.plan.top_n:
+                    ev["top_tokens"] = top_tokens_at(tok, tops[i] if i < len(tops) else None, self.plan.top_n)
+                ev["generated_text"] = None
+                ev["details"] = None
+                if i == last and fr is not None:
+                    self._finalize(ev, fr)
+                out.append(b"data: " + orjson.dumps(ev) + b"\n\n")
+            else:
+                out.append(
+                    _EV_HEAD
+                    % (
+                        self.index,
+                        tid,
+                        orjson.dumps(text),
+                        orjson.dumps(logprob),
+                        b"true" if special else b"false",
+                    )
+                    + _EV_TAIL
+                )
         if fr is not None:
             self.finished = fr
-            if out:
-                self._finalize(out[-1], fr)
-        return out
+            if not ids:
+                # A finish without a token of its own (not seen from vLLM 0.32): close with an event
+                # that carries the text and details but repeats no token.
+                ev = {"index": self.index, "token": None, "generated_text": None, "details": None}
+                self._finalize(ev, fr)
+                out.append(b"data: " + orjson.dumps(ev) + b"\n\n")
+        return b"".join(out)
 
     def _finalize(self, ev: dict[str, Any], fr: str) -> None:
         ev["generated_text"] = self.plan.full_text_prefix + "".join(self.text)
@@ -338,5 +379,5 @@ class StreamState:
                 "finish_reason": fr,
                 "generated_tokens": self.index,
                 "seed": self.plan.seed,
-                "input_length": self.plan.input_length,
+                "input_length": self.input_length,
             }

@@ -65,6 +65,7 @@ class Balancer:
         self.auth = auth_header or []
         self.on_model = on_model
         self._rr = 0
+        self._last_recheck = 0.0
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -117,6 +118,16 @@ class Balancer:
         if self.on_model is not None:
             self.on_model(info)
         self.ready.set()
+
+    async def recheck(self) -> bool:
+        """With no upstream healthy: probe them all now instead of waiting for the next round
+        (each worker process keeps its own view)."""
+        now = time.monotonic()
+        if now - self._last_recheck < 0.2:
+            return self.any_healthy
+        self._last_recheck = now
+        await asyncio.gather(*(self.check(u) for u in self.upstreams))
+        return self.any_healthy
 
     async def _loop(self) -> None:
         while True:

@@ -11,6 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 U32 = 2**32 - 1
 U64 = 2**64 - 1
 I32 = 2**31 - 1
@@ -120,11 +122,15 @@ def _unexpected(v: Any) -> str:
 
 
 def _type_error(path: str, v: Any, expected: str) -> RequestError:
-    return RequestError(422, f"{DESERIALIZE}{path}: invalid type: {_unexpected(v)}, expected {expected}", plain=True)
+    return RequestError(
+        422, f"{DESERIALIZE}{path}: invalid type: {_unexpected(v)}, expected {expected}", plain=True
+    )
 
 
 def _value_error(path: str, v: Any, expected: str) -> RequestError:
-    return RequestError(422, f"{DESERIALIZE}{path}: invalid value: {_unexpected(v)}, expected {expected}", plain=True)
+    return RequestError(
+        422, f"{DESERIALIZE}{path}: invalid value: {_unexpected(v)}, expected {expected}", plain=True
+    )
 
 
 def _bool(path: str, v: Any) -> bool:
@@ -225,9 +231,7 @@ def parse_json(body: bytes, content_type: str | None) -> Any:
     if not (ct == "application/json" or (ct.startswith("application/") and ct.endswith("+json"))):
         raise RequestError(415, "Expected request with `Content-Type: application/json`", plain=True)
     try:
-        return json.loads(body)
-    except UnicodeDecodeError as e:
-        raise RequestError(400, f"Failed to parse the request body as JSON: {e}", plain=True) from None
+        return orjson.loads(body)
     except json.JSONDecodeError as e:
         raise RequestError(
             400,
@@ -369,7 +373,9 @@ def validate_grammar(req: GenerateRequest) -> Grammar | None:
         try:
             value = json.loads(value)
         except json.JSONDecodeError as e:
-            raise validation_error(f"grammar is not valid: {e.msg} at line {e.lineno} column {e.colno}") from None
+            raise validation_error(
+                f"grammar is not valid: {e.msg} at line {e.lineno} column {e.colno}"
+            ) from None
     if not isinstance(value, (dict, bool)):
         raise validation_error("grammar is not valid: a JSON schema must be an object or a boolean")
     return Grammar("json", value)
