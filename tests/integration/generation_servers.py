@@ -25,7 +25,27 @@ import sys
 import time
 from pathlib import Path
 
-STATS = {"posts": 0, "streams_open": 0, "max_streams_open": 0, "tokens_sent": 0}
+STATS = {"posts": 0, "streams_open": 0, "max_streams_open": 0, "tokens_sent": 0, "ticks": 0, "late_ticks": 0}
+_EVENTS: dict[tuple, bytes] = {}  # pre-encoded events of well-behaved streams
+# ticks and late ticks of every worker process (--workers), in shared memory: [ticks, late] per worker
+_SHARED = None
+_WORKER = 0
+
+
+def _count_tick(late: bool) -> None:
+    STATS["ticks"] += 1
+    STATS["late_ticks"] += late
+    if _SHARED is not None:
+        _SHARED[2 * _WORKER] += 1
+        _SHARED[2 * _WORKER + 1] += late
+
+
+def _stats() -> dict:
+    out = dict(STATS)
+    if _SHARED is not None:
+        out["ticks"] = sum(_SHARED[0::2])
+        out["late_ticks"] = sum(_SHARED[1::2])
+    return out
 
 
 def _chunk(data: bytes) -> bytes:
@@ -64,6 +84,7 @@ class Ticker:
         while True:
             next_at += self.interval
             delay = next_at - loop.time()
+            _count_tick(delay <= 0)  # late: the server could not keep the pace
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
@@ -85,12 +106,16 @@ class Stream:
 
     def event(self) -> bytes:
         cfg = self.conn.cfg
+        key = (self.api, self.n, self.prompt_len, self.i)
+        cached = _EVENTS.get(key)
+        if cached is not None:
+            return cached
         i = self.i
         piece = f"tok{i} "
-        self.text.append(piece)
+        self.text = [f"tok{k} " for k in range(i + 1)]
         last = i == self.n - 1
         if cfg.malformed and i == 1:
-            return b"data: {this is not json\n\n"
+            return b"data: {this is not json\n\n"  # not cached: the options make it differ
         if cfg.error_after is not None and i == cfg.error_after:
             err = {"error": "Incomplete generation stream", "error_type": "incomplete_generation_stream"}
             if self.api != "tgi":
@@ -110,7 +135,7 @@ class Stream:
                 if last
                 else None,
             }
-            return b"data: " + json.dumps(ev, separators=(",", ":")).encode() + b"\n\n"
+            return self._remember(key, b"data: " + json.dumps(ev, separators=(",", ":")).encode() + b"\n\n")
         if self.api == "openai":
             choice = {
                 "index": 0,
@@ -125,7 +150,13 @@ class Stream:
         if last:
             usage = {"prompt_tokens": self.prompt_len, "completion_tokens": self.n}
             out += b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n"
-        return out
+        return self._remember(key, out)
+
+    @staticmethod
+    def _remember(key: tuple, data: bytes) -> bytes:
+        if len(_EVENTS) < 200_000:
+            _EVENTS[key] = data
+        return data
 
     def step(self) -> bool:
         """Send the next token; True when the stream is over."""
@@ -205,7 +236,7 @@ class SyntheticProtocol(asyncio.Protocol):
         cfg = self.cfg
         t = self.transport
         if path == "/stats":
-            t.write(_response("200 OK", json.dumps(STATS).encode()))
+            t.write(_response("200 OK", json.dumps(_stats()).encode()))
             return
         if cfg.require_token and headers.get("authorization") != f"Bearer {cfg.require_token}":
             err = {"error": "Authorization header is missing or invalid", "error_type": "authentication"}
@@ -412,10 +443,16 @@ async def serve(cfg: argparse.Namespace) -> None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
         server = await loop.create_server(
-            lambda: SyntheticProtocol(cfg), "127.0.0.1", cfg.port, backlog=4096, ssl=ctx
+            lambda: SyntheticProtocol(cfg),
+            "127.0.0.1",
+            cfg.port,
+            backlog=4096,
+            ssl=ctx,
+            reuse_port=cfg.workers > 1,
         )
     port = server.sockets[0].getsockname()[1]
-    print(f"READY {port}", flush=True)
+    if _WORKER == 0:
+        print(f"READY {port}", flush=True)
     async with server:
         await server.serve_forever()
 
@@ -436,9 +473,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cpu", type=int, help="pin this process to one CPU")
     ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
     ap.add_argument("--tls-key")
+    ap.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     cfg = ap.parse_args(argv)
     if cfg.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {cfg.cpu})
+    if cfg.workers > 1:
+        import multiprocessing.sharedctypes
+        import signal
+
+        global _SHARED, _WORKER
+        _SHARED = multiprocessing.sharedctypes.RawArray("q", 2 * cfg.workers)
+        children = []
+        for k in range(1, cfg.workers):
+            pid = os.fork()
+            if pid == 0:
+                _WORKER = k
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                break
+            children.append(pid)
+        if _WORKER == 0:
+            time.sleep(0.3)  # let the workers bind before READY is printed
+
+            def stop(*_: object) -> None:
+                for pid in children:
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM)
+                raise SystemExit(0)
+
+            signal.signal(signal.SIGTERM, stop)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(cfg))
 
