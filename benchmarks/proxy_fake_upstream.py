@@ -186,7 +186,9 @@ def main() -> None:
     if (sys.argv[3] if len(sys.argv) > 3 else "aiohttp") == "aiohttp":
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", aio_handle)
-        web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop())
+        web.run_app(
+            app, host="127.0.0.1", port=port, print=None, access_log=None, loop=uvloop.new_event_loop()
+        )
         return
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -260,19 +260,26 @@ def main() -> None:
         if not tok.is_file():
             sys.exit(f"{tok} is missing: run `make tiny-model` first (the proxy needs a tokenizer)")
         procs.append(
-            subprocess.Popen([sys.executable, str(HERE / "proxy_fake_upstream.py"), str(up_port), str(tok), args.fake])
+            subprocess.Popen(
+                [sys.executable, str(HERE / "proxy_fake_upstream.py"), str(up_port), str(tok), args.fake]
+            )
         )
         wait_http(f"http://127.0.0.1:{up_port}/health")
         proxy = subprocess.Popen(
             [
                 str(BIN / "hf-proxy"),
-                "--upstream", f"http://127.0.0.1:{up_port}",
-                "--port", str(px_port),
-                "--workers", str(args.workers),
-                "--max-concurrent-requests", "1024",
-                "--log-level", "warning",
+                "--upstream",
+                f"http://127.0.0.1:{up_port}",
+                "--port",
+                str(px_port),
+                "--workers",
+                str(args.workers),
+                "--max-concurrent-requests",
+                "1024",
+                "--log-level",
+                "warning",
             ]
-        )  # fmt: skip
+        )
         procs.append(proxy)
         procs.append(
             subprocess.Popen(

@@ -35,7 +35,13 @@ def tok(tiny_model_dir: Path) -> Tokenizer:
 
 
 def vllm_complete(vllm_url: str, prompt: str, max_tokens: int, **kw) -> dict:
-    body = {"model": "tiny", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "return_token_ids": True}
+    body = {
+        "model": "tiny",
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "return_token_ids": True,
+    }
     body.update(kw)
     r = requests.post(vllm_url + "/v1/completions", json=body, timeout=60)
     r.raise_for_status()
@@ -72,10 +78,16 @@ def test_greedy_text_equals_vllm_and_ids_are_the_tokenizers(proxy, vllm_url, tok
     ids = [t["id"] for t in d["tokens"]]
     assert ids == ref["token_ids"]
     assert [p["id"] for p in d["prefill"]] == tok.encode(prompt).ids
-    assert d["prefill"][0]["logprob"] is None and all(isinstance(p["logprob"], float) for p in d["prefill"][1:])
-    assert [p["text"] for p in d["prefill"]] == [tok.decode([i], skip_special_tokens=False) for i in tok.encode(prompt).ids]
+    assert d["prefill"][0]["logprob"] is None and all(
+        isinstance(p["logprob"], float) for p in d["prefill"][1:]
+    )
+    assert [p["text"] for p in d["prefill"]] == [
+        tok.decode([i], skip_special_tokens=False) for i in tok.encode(prompt).ids
+    ]
     # token texts are TGI's incremental pieces: they join to the decoded ids
-    assert "".join(t["text"] for t in d["tokens"]) == tok.decode(ids, skip_special_tokens=False).rstrip("\ufffd")
+    assert "".join(t["text"] for t in d["tokens"]) == tok.decode(ids, skip_special_tokens=False).rstrip(
+        "\ufffd"
+    )
     assert all(t["special"] is False for t in d["tokens"])
     # the compat route returns a list and the prompt in front (text-generation default)
     r2 = gen(proxy, prompt, route="/", max_new_tokens=12)
@@ -98,8 +110,15 @@ def test_top_tokens_and_headers(proxy, tok):
     h = r.headers
     assert h["x-compute-type"] == "gpu+optimized"
     assert h["x-prompt-tokens"] == "5" and h["x-generated-tokens"] == "4"
-    for k in ("x-compute-time", "x-total-time", "x-validation-time", "x-queue-time", "x-inference-time",
-              "x-time-per-token", "x-compute-characters"):  # fmt: skip
+    for k in (
+        "x-compute-time",
+        "x-total-time",
+        "x-validation-time",
+        "x-queue-time",
+        "x-inference-time",
+        "x-time-per-token",
+        "x-compute-characters",
+    ):
         assert re.fullmatch(r"[0-9.]+", h[k]), k
     assert int(h["Content-Length"]) == len(r.content)
 
@@ -121,9 +140,23 @@ def test_finish_reason_eos_token(proxy, vllm_url, tok):
         import concurrent.futures as cf
 
         with cf.ThreadPoolExecutor(16) as ex:
-            rs = list(ex.map(lambda s: (s, gen(proxy, "hello", max_new_tokens=200, do_sample=True,
-                                                 temperature=1.0, seed=s, details=True).json()),
-                             range(base, base + 16)))  # fmt: skip
+            rs = list(
+                ex.map(
+                    lambda s: (
+                        s,
+                        gen(
+                            proxy,
+                            "hello",
+                            max_new_tokens=200,
+                            do_sample=True,
+                            temperature=1.0,
+                            seed=s,
+                            details=True,
+                        ).json(),
+                    ),
+                    range(base, base + 16),
+                )
+            )
         found = next(((s, b) for s, b in rs if b["details"]["finish_reason"] == "eos_token"), None)
         if found:
             break
@@ -137,15 +170,36 @@ def test_finish_reason_eos_token(proxy, vllm_url, tok):
     # same seed, straight to vLLM: same text, vLLM's "stop" without a stop string
     direct = requests.post(
         vllm_url + "/v1/completions",
-        json={"model": "tiny", "prompt": "hello", "max_tokens": 200, "temperature": 1.0, "seed": seed,
-              "top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0},
+        json={
+            "model": "tiny",
+            "prompt": "hello",
+            "max_tokens": 200,
+            "temperature": 1.0,
+            "seed": seed,
+            "top_p": 1.0,
+            "top_k": -1,
+            "min_p": 0.0,
+            "repetition_penalty": 1.0,
+        },
         timeout=60,
-    ).json()["choices"][0]  # fmt: skip
+    ).json()["choices"][0]
     assert direct["text"] == body["generated_text"]
     assert direct["finish_reason"] == "stop" and direct["stop_reason"] is None
     # and the stream ends the same way
-    s = requests.post(proxy + "/generate_stream", json={"inputs": "hello", "parameters": {
-        "max_new_tokens": 200, "do_sample": True, "temperature": 1.0, "seed": seed, "details": True}}, timeout=60)  # fmt: skip
+    s = requests.post(
+        proxy + "/generate_stream",
+        json={
+            "inputs": "hello",
+            "parameters": {
+                "max_new_tokens": 200,
+                "do_sample": True,
+                "temperature": 1.0,
+                "seed": seed,
+                "details": True,
+            },
+        },
+        timeout=60,
+    )
     evs = sse_events(s.content)
     assert evs[-1]["details"]["finish_reason"] == "eos_token"
     assert evs[-1]["token"] == {**last, "logprob": evs[-1]["token"]["logprob"]}
@@ -172,7 +226,9 @@ def test_default_max_new_tokens_is_tgi3(proxy, vllm_url):
     """No max_new_tokens: TGI 3.x generates up to max_total_tokens - input length."""
     r = gen(proxy, "hello world", details=True, stop=["qu"])
     assert r.status_code == 200
-    r = requests.post(proxy + "/generate", json={"inputs": "hello world"}, timeout=120)  # no parameters: samples
+    r = requests.post(
+        proxy + "/generate", json={"inputs": "hello world"}, timeout=120
+    )  # no parameters: samples
     assert r.status_code == 200
     assert int(r.headers["x-generated-tokens"]) <= 512 - 5
 
@@ -181,16 +237,27 @@ def test_grammar_regex(proxy):
     r = gen(proxy, "hello", max_new_tokens=10, grammar={"type": "regex", "value": "[0-9]{3}"})
     assert r.status_code == 200, r.text
     assert re.fullmatch("[0-9]{3}", r.json()["generated_text"])
-    r = gen(proxy, "hello", max_new_tokens=40, grammar={"type": "json", "value": {
-        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}})  # fmt: skip
+    r = gen(
+        proxy,
+        "hello",
+        max_new_tokens=40,
+        grammar={
+            "type": "json",
+            "value": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+        },
+    )
     assert r.status_code == 200, r.text
 
 
 # -- streaming -----------------------------------------------------------------------------------
 def test_stream_format(proxy, vllm_url):
     ref = vllm_complete(vllm_url, "hello world", 6)
-    r = requests.post(proxy + "/generate_stream", json={"inputs": "hello world", "parameters": {
-        "max_new_tokens": 6, "details": True}}, timeout=60, stream=True)  # fmt: skip
+    r = requests.post(
+        proxy + "/generate_stream",
+        json={"inputs": "hello world", "parameters": {"max_new_tokens": 6, "details": True}},
+        timeout=60,
+        stream=True,
+    )
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
     assert r.headers["x-accel-buffering"] == "no" and r.headers["x-compute-type"]
@@ -204,16 +271,27 @@ def test_stream_format(proxy, vllm_url):
         assert list(e["token"]) == ["id", "text", "logprob", "special"]
     last = evs[-1]
     assert last["generated_text"] == ref["text"]
-    assert last["details"] == {"finish_reason": "length", "generated_tokens": 6, "seed": None, "input_length": 5}
+    assert last["details"] == {
+        "finish_reason": "length",
+        "generated_tokens": 6,
+        "seed": None,
+        "input_length": 5,
+    }
     assert [e["token"]["id"] for e in evs] == ref["token_ids"]
     # POST / with stream: the same events, prompt in front by default, no details unless asked
-    r2 = requests.post(proxy + "/", json={"inputs": "hello world", "parameters": {"max_new_tokens": 6},
-                                          "stream": True}, timeout=60)  # fmt: skip
+    r2 = requests.post(
+        proxy + "/",
+        json={"inputs": "hello world", "parameters": {"max_new_tokens": 6}, "stream": True},
+        timeout=60,
+    )
     evs2 = sse_events(r2.content)
     assert evs2[-1]["generated_text"] == "hello world" + ref["text"] and evs2[-1]["details"] is None
     # top tokens in stream events
-    r3 = requests.post(proxy + "/generate_stream", json={"inputs": "hello world", "parameters": {
-        "max_new_tokens": 3, "top_n_tokens": 2}}, timeout=60)  # fmt: skip
+    r3 = requests.post(
+        proxy + "/generate_stream",
+        json={"inputs": "hello world", "parameters": {"max_new_tokens": 3, "top_n_tokens": 2}},
+        timeout=60,
+    )
     evs3 = sse_events(r3.content)
     assert all(list(e) == ["index", "token", "top_tokens", "generated_text", "details"] for e in evs3)
     assert all(len(e["top_tokens"]) == 2 for e in evs3)
@@ -223,14 +301,19 @@ def test_stream_format(proxy, vllm_url):
     ("params", "message"),
     [
         ({"best_of": 2, "do_sample": True}, "`best_of` != 1 is not supported when streaming tokens"),
-        ({"decoder_input_details": True}, "`decoder_input_details` == true is not supported when streaming tokens"),
+        (
+            {"decoder_input_details": True},
+            "`decoder_input_details` == true is not supported when streaming tokens",
+        ),
         ({"temperature": 0}, "`temperature` must be strictly positive"),
     ],
 )
 def test_stream_errors_are_events(proxy, params, message):
     r = requests.post(proxy + "/generate_stream", json={"inputs": "hi", "parameters": params}, timeout=30)
     assert r.status_code == 200
-    assert sse_events(r.content) == [{"error": "Input validation error: " + message, "error_type": "validation"}]
+    assert sse_events(r.content) == [
+        {"error": "Input validation error: " + message, "error_type": "validation"}
+    ]
 
 
 # -- validation ----------------------------------------------------------------------------------
@@ -252,10 +335,16 @@ RULES = [
     ({"top_n_tokens": 6}, "`top_n_tokens` must be >= 0 and <= 5. Given: 6"),
     ({"truncate": 0}, "`truncate` must be strictly positive and less than 511. Given: 0"),
     ({"truncate": 600}, "`truncate` must be strictly positive and less than 511. Given: 600"),
-    ({"max_new_tokens": 600}, "`inputs` tokens + `max_new_tokens` must be <= 512. Given: 5 `inputs` tokens and 600 `max_new_tokens`"),
-    ({"max_new_tokens": 510}, "`inputs` tokens + `max_new_tokens` must be <= 512. Given: 5 `inputs` tokens and 510 `max_new_tokens`"),
+    (
+        {"max_new_tokens": 600},
+        "`inputs` tokens + `max_new_tokens` must be <= 512. Given: 5 `inputs` tokens and 600 `max_new_tokens`",  # noqa: E501
+    ),
+    (
+        {"max_new_tokens": 510},
+        "`inputs` tokens + `max_new_tokens` must be <= 512. Given: 5 `inputs` tokens and 510 `max_new_tokens`",  # noqa: E501
+    ),
     ({"grammar": {"type": "json", "value": "{not json"}}, "grammar is not valid: "),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("params", "message"), RULES)
@@ -274,12 +363,14 @@ def test_length_rules(proxy, tok):
     n = len(tok.encode(long).ids)
     assert n > 512
     assert gen(proxy, long).json()["error"] == (
-        V + f"`inputs` tokens + `max_new_tokens` must be <= 512. Given: {n} `inputs` tokens and 0 `max_new_tokens`"
+        V
+        + f"`inputs` tokens + `max_new_tokens` must be <= 512. Given: {n} `inputs` tokens and 0 `max_new_tokens`"  # noqa: E501
     )
     r = gen(proxy, long, max_new_tokens=4)
     assert r.status_code == 422
     assert r.json()["error"] == (
-        V + f"`inputs` tokens + `max_new_tokens` must be <= 512. Given: {n} `inputs` tokens and 4 `max_new_tokens`"
+        V
+        + f"`inputs` tokens + `max_new_tokens` must be <= 512. Given: {n} `inputs` tokens and 4 `max_new_tokens`"  # noqa: E501
     )
     # truncate keeps the last tokens, so the same prompt passes
     r = gen(proxy, long, max_new_tokens=4, truncate=100, details=True)
@@ -294,8 +385,13 @@ def test_http_level_errors(proxy):
     assert r.status_code == 415 and r.text == "Expected request with `Content-Type: application/json`"
     r = requests.post(proxy + "/generate", json={"inputs": 1}, timeout=10)
     assert r.status_code == 422
-    assert r.text == "Failed to deserialize the JSON body into the target type: inputs: invalid type: integer `1`, expected a string"
-    r = requests.post(proxy + "/generate", json={"inputs": "x", "parameters": {"max_new_tokens": "5"}}, timeout=10)
+    assert (
+        r.text
+        == "Failed to deserialize the JSON body into the target type: inputs: invalid type: integer `1`, expected a string"  # noqa: E501
+    )
+    r = requests.post(
+        proxy + "/generate", json={"inputs": "x", "parameters": {"max_new_tokens": "5"}}, timeout=10
+    )
     assert r.status_code == 422 and "parameters.max_new_tokens: invalid type: string" in r.text
     r = requests.post(proxy + "/generate", json={"parameters": {}}, timeout=10)
     assert r.status_code == 422 and r.text.endswith("missing field `inputs`")
@@ -306,16 +402,26 @@ def test_http_level_errors(proxy):
     assert requests.get(proxy + "/nope", timeout=5).status_code == 404
     assert requests.get(proxy + "/generate", timeout=5).status_code == 405
     # unknown fields are ignored
-    r = requests.post(proxy + "/generate", json={"inputs": "hi", "foo": 1, "parameters": {"max_new_tokens": 1, "bar": 2}})
+    r = requests.post(
+        proxy + "/generate", json={"inputs": "hi", "foo": 1, "parameters": {"max_new_tokens": 1, "bar": 2}}
+    )
     assert r.status_code == 200
 
 
 # -- other routes --------------------------------------------------------------------------------
 def test_info_health_metrics_tokenize(proxy, tok):
     info = requests.get(proxy + "/info", timeout=5).json()
-    for k, v in {"model_id": "tiny", "max_best_of": 2, "max_stop_sequences": 4, "max_input_tokens": 511,
-                 "max_total_tokens": 512, "max_client_batch_size": 4, "router": "text-generation-router",
-                 "model_pipeline_tag": "text-generation", "max_concurrent_requests": 128}.items():  # fmt: skip
+    for k, v in {
+        "model_id": "tiny",
+        "max_best_of": 2,
+        "max_stop_sequences": 4,
+        "max_input_tokens": 511,
+        "max_total_tokens": 512,
+        "max_client_batch_size": 4,
+        "router": "text-generation-router",
+        "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": 128,
+    }.items():
         assert info[k] == v, k
     assert info["tokenizer_config"]["eos_token"] == "</s>"
     for path in ("/health", "/", "/ping"):
@@ -339,14 +445,26 @@ def test_v1_passthrough_maps_model_names(proxy):
     models = requests.get(proxy + "/v1/models", timeout=5).json()
     assert models["data"][0]["id"] == "tiny"
     for name in ("tgi", "dummy", "tiny"):
-        r = requests.post(proxy + "/v1/completions", json={"model": name, "prompt": "hi", "max_tokens": 3}, timeout=30)
+        r = requests.post(
+            proxy + "/v1/completions", json={"model": name, "prompt": "hi", "max_tokens": 3}, timeout=30
+        )
         assert r.status_code == 200, r.text
         assert r.json()["model"] == "tiny"
-    r = requests.post(proxy + "/v1/chat/completions", json={
-        "model": "dummy", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "stream": True}, timeout=30)  # fmt: skip
+    r = requests.post(
+        proxy + "/v1/chat/completions",
+        json={
+            "model": "dummy",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 3,
+            "stream": True,
+        },
+        timeout=30,
+    )
     assert r.status_code == 200
     assert r.text.rstrip("\n").endswith("data: [DONE]")
-    r = requests.post(proxy + "/v1/completions", json={"model": "other", "prompt": "hi", "max_tokens": 3}, timeout=30)
+    r = requests.post(
+        proxy + "/v1/completions", json={"model": "other", "prompt": "hi", "max_tokens": 3}, timeout=30
+    )
     assert r.status_code == 404  # vLLM's own answer, passed through
 
 
@@ -356,8 +474,11 @@ def test_openai_client(proxy):
     c = openai.OpenAI(base_url=proxy + "/v1", api_key="unused")
     r = c.completions.create(model="tgi", prompt="hello", max_tokens=4, temperature=0)
     assert r.choices[0].finish_reason == "length"
-    chunks = list(c.chat.completions.create(model="dummy", messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=4, stream=True))  # fmt: skip
+    chunks = list(
+        c.chat.completions.create(
+            model="dummy", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+        )
+    )
     assert chunks and chunks[-1].choices[0].finish_reason == "length"
 
 
@@ -377,7 +498,10 @@ def raw_request(url: str, path: str, body: dict) -> socket.socket:
     host, port = url.split("//")[1].split(":")
     s = socket.create_connection((host, int(port)))
     data = json.dumps(body).encode()
-    s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+    s.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()  # noqa: E501
+        + data
+    )
     return s
 
 
@@ -417,7 +541,9 @@ def test_overloaded(vllm_url, logs):
         r = gen(p.url, "hi", max_new_tokens=2)
         assert r.status_code == 429
         assert r.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
-        r = requests.post(p.url + "/generate_stream", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}})
+        r = requests.post(
+            p.url + "/generate_stream", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}
+        )
         assert sse_events(r.content) == [{"error": "Model is overloaded", "error_type": "overloaded"}]
         s.close()
         time.sleep(0.3)
@@ -438,10 +564,15 @@ def test_upstreams_ejected_and_readmitted(vllm_url, logs, tmp_path):
     relay = TcpRelay(host, int(port))
     relay.start()
     cfg = tmp_path / "proxy.toml"
-    cfg.write_text(f'upstreams = ["http://127.0.0.1:{relay.port}", "{vllm_url}"]\nhealth_check_interval = 0.3\n')
+    cfg.write_text(
+        f'upstreams = ["http://127.0.0.1:{relay.port}", "{vllm_url}"]\nhealth_check_interval = 0.3\n'
+    )
     try:
         with start_proxy([], "--config", str(cfg), log_dir=logs) as p:
-            healthy = lambda: [u["healthy"] for u in requests.get(p.url + "/info", timeout=5).json()["upstreams"]]  # noqa: E731
+
+            def healthy():
+                return [u["healthy"] for u in requests.get(p.url + "/info", timeout=5).json()["upstreams"]]
+
             assert _wait(lambda: healthy() == [True, True])
             relay.stop()
             assert _wait(lambda: healthy() == [False, True])

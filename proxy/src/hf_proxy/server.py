@@ -42,7 +42,9 @@ class Request:
         "streaming",
     )
 
-    def __init__(self, proto: HttpProtocol, method: str, path: str, query: str, headers: dict[str, str]):
+    def __init__(
+        self, proto: HttpProtocol, method: str, path: str, query: str, headers: dict[str, str]
+    ) -> None:
         self._proto = proto
         self.method = method
         self.path = path
@@ -113,7 +115,7 @@ class Request:
 class HttpProtocol(asyncio.Protocol):
     """One client connection. Requests are handled one after another (pipelining-safe)."""
 
-    def __init__(self, handler: Handler, max_body: int, on_too_large: Callable[[Request], None]):
+    def __init__(self, handler: Handler, max_body: int, on_too_large: Callable[[Request], None]) -> None:
         self.handler = handler
         self.max_body = max_body
         self.on_too_large = on_too_large

@@ -149,7 +149,7 @@ class ModelTokenizer:
         """TGI's /tokenize: ids with their text and byte offsets into the input."""
         enc = self.tok.encode(text, add_special_tokens=True)
         out = []
-        for tid, (start, stop) in zip(enc.ids, enc.offsets):
+        for tid, (start, stop) in zip(enc.ids, enc.offsets, strict=False):
             b0 = len(text[:start].encode("utf-8"))
             b1 = b0 + len(text[start:stop].encode("utf-8"))
             out.append({"id": tid, "text": text[start:stop], "start": b0, "stop": b1})

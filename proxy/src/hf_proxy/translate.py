@@ -188,10 +188,7 @@ def sequence_from_choice(
     if plan.details:
         ds = tok.stream(prompt_ids) if tok is not None else None
         for i, tid in enumerate(ids):
-            if tok is not None:
-                text = tok.step(ds, tid)
-            else:
-                text = strs[i] if i < len(strs) else ""
+            text = tok.step(ds, tid) if tok is not None else strs[i] if i < len(strs) else ""
             tokens.append(make_token(tok, tid, text, lps[i] if i < len(lps) else None))
             if plan.top_n:
                 top_tokens.append(top_tokens_at(tok, tops[i] if i < len(tops) else None, plan.top_n))

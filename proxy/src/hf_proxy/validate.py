@@ -25,7 +25,9 @@ VALIDATION_PREFIX = "Input validation error: "
 class RequestError(Exception):
     """An HTTP error answer: status, message, error_type; `plain` for TGI's pre-handler rejections."""
 
-    def __init__(self, status: int, message: str, error_type: str = "validation", plain: bool = False):
+    def __init__(
+        self, status: int, message: str, error_type: str = "validation", plain: bool = False
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message

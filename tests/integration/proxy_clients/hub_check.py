@@ -25,7 +25,11 @@ def run(name: str, fn: Any) -> None:
     try:
         out[name] = fn()
     except Exception as e:  # the test decides what is expected
-        out[name] = {"exception": type(e).__name__, "message": str(e)[:500], "tb": traceback.format_exc()[-800:]}
+        out[name] = {
+            "exception": type(e).__name__,
+            "message": str(e)[:500],
+            "tb": traceback.format_exc()[-800:],
+        }
 
 
 def client(cls: Any) -> Any:
@@ -94,8 +98,10 @@ def stop() -> dict[str, Any]:
 run("stop", stop)
 run(
     "seed",
-    lambda: [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=1234) for _ in range(2)]
-    + [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=99)],
+    lambda: (
+        [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=1234) for _ in range(2)]
+        + [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=99)]
+    ),
 )
 run(
     "best_of",
@@ -127,12 +133,17 @@ run("health", lambda: c.health_check())
 
 
 def chat() -> dict[str, Any]:
-    r = c.chat_completion([{"role": "user", "content": "hello"}], max_tokens=5)
+    r = c.chat_completion([{"role": "user", "content": "hello"}], max_tokens=5, temperature=0.0)
     return {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason}
 
 
 def chat_stream() -> int:
-    return sum(1 for _ in c.chat_completion([{"role": "user", "content": "hello"}], max_tokens=5, stream=True))
+    return sum(
+        1
+        for _ in c.chat_completion(
+            [{"role": "user", "content": "hello"}], max_tokens=5, stream=True, temperature=0.0
+        )
+    )
 
 
 run("chat", chat)

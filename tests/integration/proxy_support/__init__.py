@@ -96,7 +96,8 @@ def client_python(name: str) -> Path:
         venv.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
         subprocess.run(
-            [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "-r", str(req)], check=True
+            [str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", "-r", str(req)],
+            check=True,
         )
         (venv / ".complete").touch()
     return venv / "bin" / "python"
