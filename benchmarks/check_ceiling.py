@@ -118,7 +118,7 @@ async def raw_reader(host: str, port: int, streams: int, requests: int, tokens: 
                 self.next()
 
     futures = []
-    for _ in range(streams):
+    for _stream in range(streams):
         fut = loop.create_future()
         await loop.create_connection(lambda fut=fut: Reader(fut), host, port)
         futures.append(fut)
@@ -132,7 +132,7 @@ def main() -> None:
     # generator and the upstream (a child, it inherits this) ahead of them.
     with contextlib.suppress(OSError):
         os.nice(-10)
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     client_cpu, server_cpu = cpus()
     pin(client_cpu)
     print(

@@ -156,7 +156,8 @@ class Connection(asyncio.Protocol):
     # requests
     def send(self, request: bytes, handler: ResponseHandler, head_request: bool = False) -> asyncio.Future:
         """Write the request; the future resolves when the response is complete."""
-        assert self.transport is not None
+        if self.transport is None:
+            raise HTTPClientError("not connected")
         self._handler = handler
         self._future = self._loop.create_future()
         self._state = _HEAD

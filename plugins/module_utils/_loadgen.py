@@ -73,7 +73,7 @@ def generate_prompts(count: int, prompt_tokens: int, seed: int = 0) -> list[str]
     so a prefix cache cannot serve them)."""
     rng = random.Random(seed)
     words = max(1, round(prompt_tokens / TOKENS_PER_WORD))
-    return [" ".join(rng.choice(_WORDS) for _ in range(words)) for _ in range(count)]
+    return [" ".join(rng.choice(_WORDS) for _word in range(words)) for _prompt in range(count)]
 
 
 def load_prompts(path: str) -> list[str]:

@@ -30,7 +30,7 @@ description:
     it from the controller or from another host.
   - Never changes anything; in check mode it sends no request at all.
 author:
-  - selfhost.textgen maintainers
+  - selfhost.textgen maintainers (@selfhost)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -112,9 +112,9 @@ options:
     type: int
   prompts_file:
     description:
-      - JSON Lines file of prompts on the host running the module, one C({"prompt": "..."}) object or JSON
-        string a line (the format of C(vllm bench serve --dataset-name custom)). Used in order, repeated as
-        needed.
+      - JSON Lines file of prompts on the host running the module, one object with a C(prompt) string or a
+        JSON string a line (the format of C(vllm bench serve --dataset-name custom)). Used in order, repeated
+        as needed.
     type: path
   max_new_tokens:
     description:
@@ -350,16 +350,52 @@ workload:
   description: What was sent.
   returned: when the load ran
   type: dict
-  sample:
-    api: openai
-    requests_sent: 32
-    warmup_requests: 1
-    concurrency: 8
-    request_rate: null
-    max_new_tokens: 64
-    distinct_prompts: 32
-    mean_prompt_tokens: 76.6
-    output_length_fixed: true
+  contains:
+    api:
+      description: The API used.
+      type: str
+      returned: success
+      sample: openai
+    requests_sent:
+      description: Measured requests sent (warm-up excluded).
+      type: int
+      returned: success
+      sample: 32
+    warmup_requests:
+      description: Warm-up requests sent before the measurement.
+      type: int
+      returned: success
+      sample: 1
+    concurrency:
+      description: Most requests in flight.
+      type: int
+      returned: success
+      sample: 8
+    request_rate:
+      description: Mean arrival rate in requests per second, null when unlimited.
+      type: float
+      returned: success
+      sample: null
+    max_new_tokens:
+      description: Output length asked for.
+      type: int
+      returned: success
+      sample: 64
+    distinct_prompts:
+      description: Number of different prompts used.
+      type: int
+      returned: success
+      sample: 32
+    mean_prompt_tokens:
+      description: Mean prompt length in tokens as counted by the server; null when it does not say.
+      type: float
+      returned: success
+      sample: 76.6
+    output_length_fixed:
+      description: Whether every successful request produced exactly O(max_new_tokens) tokens.
+      type: bool
+      returned: success
+      sample: true
 timed_out:
   description: Whether O(timeout_s) cut the check short.
   returned: when the load ran
@@ -405,12 +441,12 @@ def main() -> None:
             num_requests=dict(type="int"),
             duration_s=dict(type="float"),
             warmup_requests=dict(type="int", default=1),
-            prompt_tokens=dict(type="int"),
+            prompt_tokens=dict(type="int", no_log=False),
             prompts_file=dict(type="path"),
-            max_new_tokens=dict(type="int", default=128),
+            max_new_tokens=dict(type="int", default=128, no_log=False),
             timeout_s=dict(type="float", default=300),
             cost_per_hour=dict(type="float"),
-            min_output_tokens_per_s=dict(type="float"),
+            min_output_tokens_per_s=dict(type="float", no_log=False),
             max_ttft_p99_ms=dict(type="float"),
             max_tpot_p50_ms=dict(type="float"),
             min_success_ratio=dict(type="float", default=1.0),

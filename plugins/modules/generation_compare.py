@@ -22,7 +22,7 @@ description:
     with the results gathered so far. The whole comparison never runs longer than O(timeout_s).
   - Standard library only on the host running it. Never changes anything; in check mode it sends nothing.
 author:
-  - selfhost.textgen maintainers
+  - selfhost.textgen maintainers (@selfhost)
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
 attributes:
@@ -78,7 +78,7 @@ options:
     suboptions: *endpoint
   prompts_file:
     description:
-      - JSON Lines file of real prompts on the host running the module, one C({"prompt": "..."}) object or
+      - JSON Lines file of real prompts on the host running the module, one object with a C(prompt) string or
         JSON string a line. Each prompt is sent once to each endpoint.
       - Exactly one of O(prompts_file) and O(prompts) is required.
     type: path
@@ -209,7 +209,8 @@ comparison:
       returned: success
       sample: 0.004
     mean_length_diff_chars:
-      description: Mean of len(candidate) - len(baseline) in characters (negative: candidate shorter).
+      description:
+        - Mean of len(candidate) - len(baseline) in characters (negative when the candidate is shorter).
       type: float
       returned: success
       sample: -0.3
@@ -306,7 +307,7 @@ def main() -> None:
             candidate=dict(type="dict", required=True, options=ENDPOINT_SPEC),
             prompts_file=dict(type="path"),
             prompts=dict(type="list", elements="str"),
-            max_new_tokens=dict(type="int", default=64),
+            max_new_tokens=dict(type="int", default=64, no_log=False),
             concurrency=dict(type="int", default=4),
             timeout_s=dict(type="float", default=300),
             top_differences=dict(type="int", default=5),

@@ -222,14 +222,14 @@ class SyntheticProtocol(asyncio.Protocol):
             head = self.buf[:i].decode("latin-1").split("\r\n")
             headers = {}
             for line in head[1:]:
-                k, _, v = line.partition(":")
+                k, _unused, v = line.partition(":")
                 headers[k.strip().lower()] = v.strip()
             length = int(headers.get("content-length", "0"))
             if len(self.buf) < i + 4 + length:
                 return
             body = self.buf[i + 4 : i + 4 + length]
             self.buf = self.buf[i + 4 + length :]
-            method, path, _ = head[0].split(" ", 2)
+            method, path, _unused = head[0].split(" ", 2)
             self.handle(method, path, headers, body)
 
     def handle(self, method: str, path: str, headers: dict, body: bytes) -> None:
@@ -333,12 +333,12 @@ class RelayProtocol(asyncio.Protocol):
         if i < 0:
             return
         head = self.buf[:i].decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in head[1:])}
+        headers = {k.strip().lower(): v.strip() for k, _unused, v in (h.partition(":") for h in head[1:])}
         length = int(headers.get("content-length", "0"))
         if len(self.buf) < i + 4 + length:
             return
         body, self.buf = self.buf[i + 4 : i + 4 + length], self.buf[i + 4 + length :]
-        method, path, _ = head[0].split(" ", 2)
+        method, path, _unused = head[0].split(" ", 2)
         self.task = asyncio.ensure_future(self.handle(method, path, body))
 
     async def handle(self, method: str, path: str, body: bytes) -> None:
@@ -384,7 +384,7 @@ class RelayProtocol(asyncio.Protocol):
                 if self.status != 200:
                     super().on_body(data, now)
                     return
-                for _, payload in self.sse.feed(data):
+                for _unused, payload in self.sse.feed(data):
                     if payload == "[DONE]":
                         continue
                     obj = json.loads(payload)
@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> None:
         if _WORKER == 0:
             time.sleep(0.3)  # let the workers bind before READY is printed
 
-            def stop(*_: object) -> None:
+            def stop(*_unused: object) -> None:
                 for pid in children:
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGTERM)

@@ -70,7 +70,7 @@ def ansible_module(module: str, args: dict, check: bool = False, verbose: bool =
         cmd.append("--check")
     if verbose:
         cmd.append("-vvv")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     out = proc.stdout
     start = out.find("{")
     data = json.loads(out[start:])
@@ -173,7 +173,7 @@ def test_tgi_mode_through_a_tgi_relay_to_vllm(vllm_url):
 def test_unreachable_endpoint_fails_fast_and_clearly():
     p = port()  # nothing listens there
     t0 = time.monotonic()
-    rc, res, _ = ansible_module("generation_check", {"url": f"http://127.0.0.1:{p}", "timeout_s": 60})
+    rc, res, _unused = ansible_module("generation_check", {"url": f"http://127.0.0.1:{p}", "timeout_s": 60})
     assert rc != 0
     assert time.monotonic() - t0 < 30
     assert res["msg"].startswith(f"http://127.0.0.1:{p} is unreachable: cannot connect to 127.0.0.1:{p}")
@@ -202,7 +202,7 @@ def test_401_names_the_token_and_the_token_never_shows():
 def test_5xx_mid_run_counts_failures_and_keeps_metrics():
     # SYNTHETIC server: POSTs after the 9th (1 warm-up + 8 measured) get HTTP 500
     with ServerProcess(port(), "--interval", "0.001", "--fail-after", "9") as srv:
-        rc, res, _ = ansible_module(
+        rc, res, _unused = ansible_module(
             "generation_check", {"url": srv.url, "num_requests": 16, "concurrency": 1, "max_new_tokens": 8}
         )
     assert rc != 0
@@ -220,7 +220,7 @@ def test_5xx_mid_run_counts_failures_and_keeps_metrics():
 
 def test_malformed_sse_is_a_clear_failure():
     with ServerProcess(port(), "--malformed") as srv:
-        rc, res, _ = ansible_module("generation_check", {"url": srv.url, "num_requests": 4})
+        rc, res, _unused = ansible_module("generation_check", {"url": srv.url, "num_requests": 4})
         assert rc != 0
         assert res["msg"].startswith(
             "the warm-up request failed, no load was sent: malformed SSE data (not JSON): {this is not json"
@@ -260,7 +260,7 @@ def test_first_token_that_never_comes_stops_at_timeout_with_partial_metrics():
             {"error": "no first token within timeout_s=3 s (HTTP 200, stream open)", "count": 4}
         ]
 
-        rc, res, _ = ansible_module(
+        rc, res, _unused = ansible_module(
             "generation_check",
             {"url": srv.url, "num_requests": 6, "concurrency": 6, "warmup_requests": 0, "timeout_s": 2},
         )
@@ -315,7 +315,7 @@ def test_check_mode_sends_no_load():
     ],
 )
 def test_bad_arguments_fail_before_any_request(args, message):
-    rc, res, _ = ansible_module("generation_check", {"url": "http://127.0.0.1:9", **args})
+    rc, res, _unused = ansible_module("generation_check", {"url": "http://127.0.0.1:9", **args})
     assert rc != 0
     assert message in res["msg"]
 
@@ -378,7 +378,7 @@ def test_https_with_ca_path_and_validate_certs(tmp_path):
     )
     with ServerProcess(port(), "--tls-cert", str(cert), "--tls-key", str(key), "--interval", "0.001") as srv:
         assert srv.url.startswith("https://")
-        rc, res, _ = ansible_module("generation_check", {"url": srv.url, "num_requests": 2})
+        rc, res, _unused = ansible_module("generation_check", {"url": srv.url, "num_requests": 2})
         assert rc != 0
         assert "TLS handshake with 127.0.0.1" in res["msg"] and "CERTIFICATE_VERIFY_FAILED" in res["msg"]
         rc, res, out = ansible_module(

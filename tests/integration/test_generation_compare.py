@@ -50,7 +50,7 @@ def test_same_model_through_tgi_and_openai_matches_exactly(vllm_url):
 def test_different_answers_fail_the_gate_and_show_the_worst_pairs(vllm_url):
     # SYNTHETIC candidate: answers "tok0 tok1 ..." whatever the prompt
     with ServerProcess(port(), "--interval", "0.001") as srv:
-        rc, res, _ = ansible_module(
+        rc, res, _unused = ansible_module(
             "generation_compare",
             {
                 "baseline": {"url": vllm_url, "api": "openai"},
@@ -73,7 +73,7 @@ def test_different_answers_fail_the_gate_and_show_the_worst_pairs(vllm_url):
 
 def test_unreachable_candidate_fails_with_the_baseline_results(vllm_url):
     p = port()
-    rc, res, _ = ansible_module(
+    rc, res, _unused = ansible_module(
         "generation_compare",
         {
             "baseline": {"url": vllm_url, "api": "openai"},

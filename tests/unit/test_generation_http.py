@@ -119,13 +119,13 @@ def test_close_delimited_body_ends_with_the_connection():
 
 def test_interim_100_continue_is_skipped():
     resp = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"
-    fut, h, _ = exchange(resp)
+    fut, h, _unused = exchange(resp)
     assert fut.done() and h.status == 204
 
 
 def test_connection_close_header_prevents_reuse():
     resp = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
-    fut, _, conn = exchange(resp)
+    fut, _unused, conn = exchange(resp)
     assert fut.done() and not conn.reusable
 
 
@@ -140,7 +140,7 @@ def test_connection_close_header_prevents_reuse():
     ],
 )
 def test_protocol_errors_fail_the_request(resp, message):
-    fut, _, conn = exchange(resp)
+    fut, _unused, conn = exchange(resp)
     assert fut.done()
     with pytest.raises(HTTPClientError, match=message):
         fut.result()
@@ -149,7 +149,7 @@ def test_protocol_errors_fail_the_request(resp, message):
 
 def test_connection_lost_mid_response_is_an_error():
     resp = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc"
-    fut, _, conn = exchange(resp)
+    fut, _unused, conn = exchange(resp)
     conn.connection_lost(ConnectionResetError(104, "Connection reset by peer"))
     with pytest.raises(HTTPClientError, match="in the middle of the response"):
         fut.result()
@@ -158,7 +158,7 @@ def test_connection_lost_mid_response_is_an_error():
 def test_error_body_is_bounded():
     big = b"x" * (_http.MAX_ERROR_BODY + 100)
     resp = b"HTTP/1.1 500 Oops\r\nContent-Length: %d\r\n\r\n" % len(big) + big
-    fut, h, _ = exchange(resp, sizes=(4096,))
+    fut, h, _unused = exchange(resp, sizes=(4096,))
     assert fut.done() and len(h.body) == _http.MAX_ERROR_BODY and h.truncated
 
 
@@ -191,7 +191,7 @@ def test_stream_handler_times_tokens_by_arrival():
     cut2 = rest.index(b"data", cut1)
     parts += [rest[:cut1], rest[cut1:cut2], rest[cut2:]]
     sizes = [len(p) for p in parts]
-    fut, _, _ = exchange(resp, handler, sizes=sizes, clock=[100.01, 100.05, 100.06, 100.09])
+    fut, _unused, _unused = exchange(resp, handler, sizes=sizes, clock=[100.01, 100.05, 100.06, 100.09])
     assert fut.done() and fut.exception() is None
     assert rec.success, rec.error
     assert rec.ttft == pytest.approx(0.05)
@@ -205,7 +205,7 @@ def test_stream_handler_times_tokens_by_arrival():
 def test_stream_handler_cut_stream_is_an_error():
     rec = RequestRecord(start=0.0)
     resp = sse_response([tgi(1), tgi(2)])  # no final event
-    fut, _, _ = exchange(resp, StreamHandler("tgi", rec))
+    fut, _unused, _unused = exchange(resp, StreamHandler("tgi", rec))
     assert fut.done()
     assert not rec.success
     assert rec.error == "the stream ended without the final event (generated_text)"
@@ -225,7 +225,7 @@ def test_stream_handler_unterminated_last_event():
 def test_stream_handler_error_event_fails_the_request():
     rec = RequestRecord(start=0.0)
     err = b'data: {"error": "Request failed during generation: boom", "error_type": "generation"}\n\n'
-    fut, _, conn = exchange(sse_response([tgi(1), err]), StreamHandler("tgi", rec))
+    fut, _unused, conn = exchange(sse_response([tgi(1), err]), StreamHandler("tgi", rec))
     with pytest.raises(
         StreamError, match=r"error event \(generation\): Request failed during generation: boom"
     ):
@@ -236,7 +236,7 @@ def test_stream_handler_error_event_fails_the_request():
 def test_stream_handler_wrong_content_type():
     rec = RequestRecord(start=0.0)
     resp = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-    fut, _, _ = exchange(resp, StreamHandler("openai", rec))
+    fut, _unused, _unused = exchange(resp, StreamHandler("openai", rec))
     with pytest.raises(StreamError, match="expected a text/event-stream response"):
         fut.result()
 
@@ -245,12 +245,12 @@ def test_stream_handler_http_error_keeps_body_for_the_message():
     rec = RequestRecord(start=0.0)
     body = b'{"error": "Model is overloaded", "error_type": "overloaded"}'
     resp = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    fut, h, _ = exchange(resp, StreamHandler("tgi", rec))
+    fut, h, _unused = exchange(resp, StreamHandler("tgi", rec))
     assert fut.done() and not h.streaming
     assert http_error_text(h) == "HTTP 429 Too Many Requests: Model is overloaded"
     body = b'{"error": {"message": "bad key", "type": "Unauthorized"}}'
     resp = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n" % len(body) + body
-    _, h, _ = exchange(resp, StreamHandler("openai", RequestRecord()))
+    _unused, h, _unused = exchange(resp, StreamHandler("openai", RequestRecord()))
     assert http_error_text(h) == "HTTP 401 Unauthorized (check token): bad key"
 
 

@@ -69,9 +69,9 @@ def parse_all(stream: bytes, sizes):
 
 @pytest.mark.parametrize("stream", [TGI_STREAM, OPENAI_STREAM])
 def test_events_split_across_reads_at_every_boundary(stream):
-    _, whole = parse_all(stream, [len(stream)])
+    _unused, whole = parse_all(stream, [len(stream)])
     for size in (1, 2, 3, 7, 13, 64):
-        _, events = parse_all(stream, [size])
+        _unused, events = parse_all(stream, [size])
         assert events == whole, size
     # and split at each single position
     for cut in range(1, len(stream)):
@@ -80,9 +80,9 @@ def test_events_split_across_reads_at_every_boundary(stream):
 
 
 def test_keep_alive_comments_are_not_events():
-    _, events = parse_all(TGI_STREAM, [len(TGI_STREAM)])
+    _unused, events = parse_all(TGI_STREAM, [len(TGI_STREAM)])
     assert len(events) == 3
-    assert all(kind == "message" for kind, _ in events)
+    assert all(kind == "message" for kind, _unused in events)
     p = SSEParser()
     assert p.feed(b": keep-alive\n\n:\n\n") == []
     assert p.feed(b"data: x\n: comment inside an event\n\n") == [("message", "x")]
@@ -93,7 +93,7 @@ def test_keep_alive_comments_are_not_events():
 def test_line_endings(eol):
     stream = b"data: one" + eol + eol + b"event: error" + eol + b"data: a" + eol + b"data: b" + eol + eol
     for size in (1, 2, 5, len(stream)):
-        _, events = parse_all(stream, [size])
+        _unused, events = parse_all(stream, [size])
         assert events == [("message", "one"), ("error", "a\nb")], (eol, size)
 
 
@@ -127,7 +127,7 @@ def run(api, events, keep_text=True):
 
 
 def test_tgi_stream():
-    _, events = parse_all(TGI_STREAM, [5])
+    _unused, events = parse_all(TGI_STREAM, [5])
     interp, kinds = run("tgi", events)
     assert kinds == [TOKEN, TOKEN, TOKEN]
     assert interp.done
@@ -140,7 +140,7 @@ def test_tgi_stream():
 def test_tgi_input_length_from_details():
     ev = tgi_event(1, "x", final=True)
     ev["details"]["input_length"] = 12
-    interp, _ = run("tgi", [("message", json.dumps(ev))])
+    interp, _unused = run("tgi", [("message", json.dumps(ev))])
     assert interp.prompt_tokens == 12
 
 
@@ -173,7 +173,7 @@ def test_tgi_rejects_done_marker_and_tokenless_events():
 
 
 def test_openai_completions_stream():
-    _, events = parse_all(OPENAI_STREAM, [3])
+    _unused, events = parse_all(OPENAI_STREAM, [3])
     interp, kinds = run("openai", events)
     assert kinds == [TOKEN, TOKEN, INFO, DONE]
     assert interp.text == "ab\u00e9"
@@ -225,8 +225,8 @@ def test_event_after_done_is_an_error():
 
 
 def test_text_not_kept_unless_asked():
-    _, events = parse_all(OPENAI_STREAM, [len(OPENAI_STREAM)])
-    interp, _ = run("openai", events, keep_text=False)
+    _unused, events = parse_all(OPENAI_STREAM, [len(OPENAI_STREAM)])
+    interp, _unused = run("openai", events, keep_text=False)
     assert interp.text == "" and interp.tokens == 2
 
 

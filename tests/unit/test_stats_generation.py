@@ -34,7 +34,7 @@ from ansible_collections.selfhost.textgen.plugins.module_utils._stats import (  
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 10, 17, 100, 1001])
 def test_percentile_matches_numpy_linear(n):
     rng = random.Random(n)
-    values = sorted(rng.uniform(0, 10) for _ in range(n))
+    values = sorted(rng.uniform(0, 10) for _unused in range(n))
     for q in [0, 1, 10, 25, 33.3, 50, 66.6, 90, 95, 99, 99.9, 100]:
         assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-12, abs=1e-15)
 
@@ -65,7 +65,7 @@ def test_summarize_is_in_milliseconds_and_empty_is_null():
 
 def test_distribution_is_percentiles_0_to_100():
     rng = random.Random(3)
-    values = [rng.expovariate(20) for _ in range(257)]
+    values = [rng.expovariate(20) for _unused in range(257)]
     d = distribution(values)
     assert len(d) == 101
     assert d == sorted(d)
@@ -139,7 +139,7 @@ def workload(seed=0, n=40):
     for i in range(n):
         start = rng.uniform(0, 2)
         tokens = rng.choice([1, 2, 16, 64])
-        itls = [rng.uniform(0.002, 0.02) for _ in range(tokens - 1)]
+        itls = [rng.uniform(0.002, 0.02) for _unused in range(tokens - 1)]
         usage = tokens if rng.random() < 0.7 else None  # some servers give no usage: chunks count
         records.append(
             make_record(i, start, rng.uniform(0.01, 0.3), itls, usage, rng.randint(5, 50), rng.random() > 0.1)
