@@ -184,6 +184,10 @@ def http_error_text(handler: ResponseHandler) -> str:
     text = f"HTTP {handler.status} {handler.reason}".rstrip()
     if handler.status in (401, 403):
         text += " (check token)"
+    elif handler.status in (404, 405):
+        text += " (check url and api)"
+    elif handler.status is not None and 300 <= handler.status < 400 and handler.headers.get("location"):
+        text += f" (redirects to {handler.headers['location'][:200]}: use that url)"
     return f"{text}: {message}" if message else text
 
 

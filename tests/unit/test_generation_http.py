@@ -252,6 +252,12 @@ def test_stream_handler_http_error_keeps_body_for_the_message():
     resp = b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %d\r\n\r\n" % len(body) + body
     _unused, h, _unused = exchange(resp, StreamHandler("openai", RequestRecord()))
     assert http_error_text(h) == "HTTP 401 Unauthorized (check token): bad key"
+    resp = b'HTTP/1.1 404 Not Found\r\nContent-Length: 22\r\n\r\n{"detail":"Not Found"}'
+    _unused, h, _unused = exchange(resp, StreamHandler("tgi", RequestRecord()))
+    assert http_error_text(h) == "HTTP 404 Not Found (check url and api): Not Found"
+    resp = b"HTTP/1.1 301 Moved Permanently\r\nLocation: https://x/\r\nContent-Length: 0\r\n\r\n"
+    _unused, h, _unused = exchange(resp, StreamHandler("tgi", RequestRecord()))
+    assert http_error_text(h) == "HTTP 301 Moved Permanently (redirects to https://x/: use that url)"
 
 
 def test_endpoint_request_bytes_and_validation():
