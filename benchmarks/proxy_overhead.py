@@ -85,46 +85,59 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-async def load(
-    port: int, path: str, body: bytes, concurrency: int, duration: float, stream: bool = False
-) -> dict[str, float]:
-    pool = Pool("127.0.0.1", port, max_idle=concurrency + 8)
-    lat: list[float] = []
-    tokens = 0
-    errors = 0
-    stop_at = 0.0
-    counting = False
+class Load:
+    """Keep-alive load on one route: `concurrency` clients, each sending its next request as soon as
+    the last answer is in; counts requests, streamed events (tokens) and latencies while measuring."""
 
-    async def worker() -> None:
-        nonlocal tokens, errors
-        while time.perf_counter() < stop_at:
-            t = time.perf_counter()
-            resp = await pool.request("POST", path, body)
-            data = await resp.read()
-            if resp.status != 200:
-                errors += 1
-                continue
-            if counting:
-                lat.append(time.perf_counter() - t)
-                if stream:
-                    tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
+    def __init__(self, port: int, path: str, body: bytes, concurrency: int, stream: bool = False) -> None:
+        self.pool = Pool("127.0.0.1", port, max_idle=concurrency + 8)
+        self.path, self.body, self.concurrency, self.stream = path, body, concurrency, stream
+        self.lat: list[float] = []
+        self.tokens = 0
+        self.errors = 0
+        self.elapsed = 0.0
 
-    # warm-up (connections, caches), then the measured window
-    stop_at = time.perf_counter() + min(1.0, duration / 3)
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    counting = True
-    t0 = time.perf_counter()
-    stop_at = t0 + duration
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    pool.close()
-    return {
-        "rps": len(lat) / elapsed,
-        "tps": tokens / elapsed,
-        "p50_ms": statistics.median(lat) * 1000 if lat else float("nan"),
-        "errors": errors,
-        "n": len(lat),
-    }
+    async def run(self, duration: float, measure: bool = True) -> None:
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                resp = await self.pool.request("POST", self.path, self.body)
+                data = await resp.read()
+                if resp.status != 200:
+                    self.errors += 1
+                    continue
+                if measure:
+                    self.lat.append(time.perf_counter() - t)
+                    if self.stream:
+                        self.tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        if measure:
+            self.elapsed += time.perf_counter() - t0
+
+    def result(self) -> dict[str, float]:
+        self.pool.close()
+        return {
+            "rps": len(self.lat) / self.elapsed,
+            "tps": self.tokens / self.elapsed,
+            "p50_ms": statistics.median(self.lat) * 1000 if self.lat else float("nan"),
+            "errors": self.errors,
+            "n": len(self.lat),
+        }
+
+
+async def paired(loads: list[Load], duration: float, rounds: int = 5) -> list[dict[str, float]]:
+    """Measure the loads in alternating short slices (after a warm-up of each), so that a change of
+    load on this shared machine hits all of them alike."""
+    for ld in loads:
+        await ld.run(min(1.0, duration / 3), measure=False)
+    for _ in range(rounds):
+        for ld in loads:
+            await ld.run(duration / rounds)
+    return [ld.result() for ld in loads]
 
 
 async def hold_streams(port: int, n: int, body: bytes, proxy_pid: int) -> tuple[int, int, int]:
@@ -170,13 +183,20 @@ async def bench(
         f"load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
     )
     res: dict[str, dict[str, float]] = {}
-    res["direct_64"] = await load(up_port, "/v1/completions", direct16, 64, d)
-    res["proxy_64"] = await load(px_port, "/generate", gen16, 64, d)
-    res["guide_64"] = await load(guide_port, "/generate", gen16, 64, d)
-    res["direct_1"] = await load(up_port, "/v1/completions", direct16, 1, d)
-    res["proxy_1"] = await load(px_port, "/generate", gen16, 1, d)
-    res["direct_stream"] = await load(up_port, "/v1/completions", direct256, 32, d, stream=True)
-    res["proxy_stream"] = await load(px_port, "/generate_stream", gen256, 32, d, stream=True)
+    res["direct_64"], res["proxy_64"] = await paired(
+        [Load(up_port, "/v1/completions", direct16, 64), Load(px_port, "/generate", gen16, 64)], d
+    )
+    (res["guide_64"],) = await paired([Load(guide_port, "/generate", gen16, 64)], d, rounds=1)
+    res["direct_1"], res["proxy_1"] = await paired(
+        [Load(up_port, "/v1/completions", direct16, 1), Load(px_port, "/generate", gen16, 1)], d
+    )
+    res["direct_stream"], res["proxy_stream"] = await paired(
+        [
+            Load(up_port, "/v1/completions", direct256, 32, stream=True),
+            Load(px_port, "/generate_stream", gen256, 32, stream=True),
+        ],
+        d,
+    )
 
     for name, r in res.items():
         print(

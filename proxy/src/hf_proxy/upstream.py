@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -65,7 +66,7 @@ class Balancer:
         self.auth = auth_header or []
         self.on_model = on_model
         self._rr = 0
-        self._last_recheck = 0.0
+        self._probe: asyncio.Future[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -120,13 +121,11 @@ class Balancer:
         self.ready.set()
 
     async def recheck(self) -> bool:
-        """With no upstream healthy: probe them all now instead of waiting for the next round
-        (each worker process keeps its own view)."""
-        now = time.monotonic()
-        if now - self._last_recheck < 0.2:
-            return self.any_healthy
-        self._last_recheck = now
-        await asyncio.gather(*(self.check(u) for u in self.upstreams))
+        """With no upstream healthy: probe them all now instead of waiting for the next round (each
+        worker process keeps its own view). Concurrent callers share one probe."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.gather(*(self.check(u) for u in self.upstreams)))
+        await asyncio.shield(self._probe)
         return self.any_healthy
 
     async def _loop(self) -> None:
