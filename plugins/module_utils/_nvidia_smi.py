@@ -211,6 +211,12 @@ def explain_smi_failure(rc: int, stdout: str, stderr: str) -> str:
         return "nvidia-smi: the NVIDIA driver is loaded but found no GPU"
     if "insufficient permissions" in lowered:
         return "nvidia-smi: insufficient permissions to access the GPU device files"
+    if "failed to initialize nvml" in lowered:
+        detail = output[output.lower().index("failed to initialize nvml") :][:120]
+        return (
+            f"nvidia-smi: {detail}: the NVIDIA kernel module is not loaded or its device files are missing "
+            "(reboot required after installing the driver?)"
+        )
     first = output[:300] if output else "no output"
     return f"nvidia-smi failed with exit code {rc}: {first}"
 

@@ -18,7 +18,7 @@ description:
     for this module. It returns RV(gpu.present=false) with the reason in RV(gpu.reason).
   - Sets the fact C(textgen_gpu) to the same value as RV(gpu).
 author:
-  - selfhost.textgen maintainers
+  - selfhost.textgen maintainers (@selfhost)
 options:
   nvidia_smi:
     description:
@@ -38,8 +38,10 @@ attributes:
     description: The module only reads; it behaves the same in check mode.
   diff_mode:
     support: none
+    description: Nothing changes, so there is no diff.
   facts:
     support: full
+    description: Sets the fact C(textgen_gpu).
 notes:
   - Unit-tested on real captures of an H100 host with driver 580.159.04 (open kernel module), and on
     multi-GPU and MIG variants derived from them.

@@ -49,7 +49,8 @@ export ANSIBLE_INVENTORY_UNPARSED_WARNING=false
 export ANSIBLE_FORCE_COLOR=false
 export ANSIBLE_NOCOLOR=true
 export ANSIBLE_CALLBACKS_ENABLED=ansible.builtin.default
-export ANSIBLE_CONFIG=/dev/null
+printf "[defaults]\n" >"$work/ansible.cfg"
+export ANSIBLE_CONFIG="$work/ansible.cfg"   # ignore any ansible.cfg in the working directory
 
 "$py" -m ansible adhoc --version | head -n 1
 set +e

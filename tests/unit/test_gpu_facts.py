@@ -240,18 +240,18 @@ def test_gather_orders_gpus_by_index(tmp_path):
                 out = "\n".join(reversed(out.splitlines())) + "\n"
             return rc, out, err
 
-    gpu, _ = smi.gather(Reversed(MULTI), "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))
+    gpu = smi.gather(Reversed(MULTI), "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))[0]
     assert [g["index"] for g in gpu["gpus"]] == list(range(8))
 
 
 def test_gather_nvswitch_device_node(tmp_path):
     (tmp_path / "nvidia-nvswitchctl").write_text("")
-    gpu, _ = smi.gather(FakeSmi(REAL), "nvidia-smi", proc_root=str(tmp_path), dev_root=str(tmp_path))
+    gpu = smi.gather(FakeSmi(REAL), "nvidia-smi", proc_root=str(tmp_path), dev_root=str(tmp_path))[0]
     assert gpu["nvswitch"] is True
 
 
 def test_gather_mig(tmp_path):
-    gpu, _ = smi.gather(FakeSmi(MIG), "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))
+    gpu = smi.gather(FakeSmi(MIG), "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))[0]
     assert gpu["count"] == 1
     assert gpu["gpus"][0]["mig_mode"] == "enabled"
     assert gpu["gpus"][0]["memory_used_mib"] == 26
@@ -261,7 +261,7 @@ def test_gather_mig(tmp_path):
 
 def test_gather_old_driver_without_compute_cap(tmp_path):
     fake = FakeSmi(REAL, no_compute_cap=True)
-    gpu, _ = smi.gather(fake, "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))
+    gpu = smi.gather(fake, "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))[0]
     assert gpu["present"] is True
     assert gpu["gpus"][0]["compute_capability"] is None
     assert gpu["gpus"][0]["memory_total_mib"] == 81559
@@ -274,7 +274,7 @@ def test_gather_xml_missing_keeps_query_answer(tmp_path):
             return 0, "not xml", ""
         return FakeSmi(REAL)(args)
 
-    gpu, _ = smi.gather(run, "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))
+    gpu = smi.gather(run, "nvidia-smi", proc_root=str(tmp_path), sysfs_root=str(tmp_path))[0]
     assert gpu["present"] is True
     assert gpu["cuda_version"] is None
     assert gpu["driver_version"] is None  # neither XML nor /proc told it
@@ -284,13 +284,13 @@ def test_gather_xml_missing_keeps_query_answer(tmp_path):
 
 
 def _absent(tmp_path, run, nvidia_smi, pci=(), proc_text=None):
-    gpu, _ = smi.gather(
+    gpu = smi.gather(
         run,
         nvidia_smi,
         proc_root=str(_proc(tmp_path, proc_text)),
         sysfs_root=str(_sysfs(tmp_path, list(pci))),
         dev_root=str(tmp_path),
-    )
+    )[0]
     assert set(gpu) == GPU_KEYS
     assert gpu["present"] is False
     assert gpu["count"] == 0
@@ -338,6 +338,11 @@ def test_module_loaded_without_utilities(tmp_path):
         ),
         (6, "No devices were found\n", "driver is loaded but found no GPU"),
         (4, "Failed to initialize NVML: Insufficient Permissions\n", "insufficient permissions"),
+        (
+            255,
+            "Failed to initialize NVML: Unknown Error\n",
+            "Failed to initialize NVML: Unknown Error: the NVIDIA",
+        ),
         (124, "", "exit code 124"),
     ],
 )

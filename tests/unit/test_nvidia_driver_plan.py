@@ -82,6 +82,7 @@ def render(
     Returns {name: value} for the expressions and {template: text} under "files".
     """
     templates = templates or {}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "out.json"
     play = [
         {
@@ -552,8 +553,8 @@ def test_branch_change_releases_old_holds(tmp_path):
         set_facts={"_nvidia_driver_kmod": "open", "_nvidia_driver_plan": "{{ _nvidia_driver_plan_apt }}"},
     )
     # Only NVIDIA driver packages outside the new plan; the admin's own holds stay.
-    assert r["stale"] == [
+    assert sorted(r["stale"]) == [
+        "nvidia-dkms-570-server-open",
         "nvidia-headless-no-dkms-570-server-open",
         "nvidia-utils-570-server",
-        "nvidia-dkms-570-server-open",
     ]
