@@ -7,8 +7,9 @@ A small, dependency-free HTTP/1.1 server shaped like the two things nginx and th
 - vLLM's OpenAI routes (`/v1/models`, `/v1/completions`, `/v1/chat/completions`, streaming or not)
   so that the HF/TGI proxy can run in front of it;
 - vLLM's admin routes (`/pause`, `/resume`, `/abort_requests`, `/update_weights`, `/invocations`,
-  `/detokenize` (vLLM's `/tokenize` shares TGI's path, which nginx sends to the proxy), `/v1/load_lora_adapter`, ...) answering 200 with `"reached": "admin"`,
-  so a test proves that nginx never lets them through.
+  `/detokenize`, `/v1/load_lora_adapter`, ...) answering 200 with `"reached": "admin"`, so a test
+  proves that nginx never lets them through (vLLM's `/tokenize` shares TGI's path, which nginx sends
+  to the proxy).
 
 Tokens are fixed words; streams send one event every STANDIN_TOKEN_DELAY seconds (default 0.2) so a
 client can see them arrive one by one. Every response carries `X-Standin: 1` and
@@ -217,7 +218,11 @@ class Handler(BaseHTTPRequestHandler):
             for i, word in enumerate(words):
                 last = i == n - 1
                 if chat:
-                    choice = {"index": 0, "delta": {"content": word}, "finish_reason": "length" if last else None}
+                    choice = {
+                        "index": 0,
+                        "delta": {"content": word},
+                        "finish_reason": "length" if last else None,
+                    }
                 else:
                     choice = {
                         "index": 0,
@@ -241,7 +246,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         text = "".join(words)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"}
+            choice = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": "length",
+            }
         else:
             choice = {
                 "index": 0,
