@@ -22,7 +22,7 @@ trap 'rm -rf "$work"' EXIT
 echo "== host: $(uname -srm); $("$py" -V 2>&1); $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME")"
 command -v nvidia-smi >/dev/null || echo "WARNING: nvidia-smi is not on PATH ($PATH)"
 
-echo "== ansible-core from $(ls "$here"/wheels/*.whl | wc -l) wheels in tests/gpu/wheels ($(du -sh "$here/wheels" | cut -f1))"
+echo "== ansible-core from $(find "$here/wheels" -name '*.whl' | wc -l) wheels in tests/gpu/wheels ($(du -sh "$here/wheels" | cut -f1))"
 "$py" - "$here/wheels" "$work/site" <<'PY'
 import pathlib, sys, zipfile
 src, dst = (pathlib.Path(p) for p in sys.argv[1:])
@@ -42,7 +42,8 @@ export ANSIBLE_COLLECTIONS_SCAN_SYS_PATH=false
 export ANSIBLE_HOME="$work/home"
 export ANSIBLE_LOCAL_TEMP="$work/tmp"
 export ANSIBLE_REMOTE_TEMP="$work/tmp"
-export ANSIBLE_PYTHON_INTERPRETER="$(command -v "$py")"
+ANSIBLE_PYTHON_INTERPRETER="$(command -v "$py")"
+export ANSIBLE_PYTHON_INTERPRETER
 export ANSIBLE_RETRY_FILES_ENABLED=false
 export ANSIBLE_LOCALHOST_WARNING=false
 export ANSIBLE_INVENTORY_UNPARSED_WARNING=false
