@@ -389,3 +389,19 @@ def test_https_with_ca_path_and_validate_certs(tmp_path):
             "generation_check", {"url": srv.url, "num_requests": 2, "validate_certs": False}
         )
         assert rc == 0, out
+
+
+def test_goodput_slo_threshold():
+    # SYNTHETIC server: first token after 100 ms, so a 50 ms TTFT SLO fails every request
+    with ServerProcess(port(), "--ttft", "0.1", "--interval", "0.002") as srv:
+        args = {"url": srv.url, "num_requests": 6, "concurrency": 3, "max_new_tokens": 4, "slo_tpot_ms": 50}
+        rc, res, out = ansible_module("generation_check", dict(args, slo_ttft_ms=500, min_goodput_ratio=1.0))
+        assert rc == 0, out
+        assert res["metrics"]["goodput_ratio"] == 1.0
+        assert res["metrics"]["goodput"] == pytest.approx(res["metrics"]["request_throughput"])
+        rc, res, _unused = ansible_module(
+            "generation_check", dict(args, slo_ttft_ms=50, min_goodput_ratio=0.5)
+        )
+    assert rc != 0
+    assert res["metrics"]["goodput_ratio"] == 0.0 and res["metrics"]["completed"] == 6
+    assert res["failed_checks"] == ["goodput_ratio 0 is below min_goodput_ratio 0.5"]
