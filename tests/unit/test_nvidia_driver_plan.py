@@ -558,3 +558,39 @@ def test_branch_change_releases_old_holds(tmp_path):
         "nvidia-headless-no-dkms-570-server-open",
         "nvidia-utils-570-server",
     ]
+
+
+# --- "do nothing when the wanted branch is loaded and held" ----------------------------------------
+
+LOADED_580 = {"present": True, "driver_branch": "580", "kernel_module": "open"}
+
+
+@pytest.mark.parametrize(
+    ("gpu", "held", "kernel_module", "settled"),
+    [
+        (LOADED_580, ["nvidia-utils-580-server hold installed"], "auto", True),
+        (LOADED_580, ["nvidia-utils-580-server hold installed"], "open", True),
+        (LOADED_580, ["nvidia-utils-580-server hold installed"], "proprietary", False),  # wrong kind loaded
+        (LOADED_580, ["nvidia-utils-580-server install installed"], "auto", False),  # not held
+        (LOADED_580, ["libnvidia-container1 hold installed"], "auto", False),  # not a driver package
+        ({**LOADED_580, "driver_branch": "570"}, ["nvidia-utils-570-server hold installed"], "auto", False),
+        (NO_GPU, ["nvidia-utils-580-server hold installed"], "auto", False),
+    ],
+)
+def test_settled(tmp_path, gpu, held, kernel_module, settled):
+    r = render(
+        tmp_path,
+        "nvidia_driver",
+        NOBLE,
+        {
+            **driver_vars(gpu, pci=H100_PCI),
+            "nvidia_driver_kernel_module": kernel_module,
+            "_nvidia_driver_dpkg": {"stdout": dpkg(*held)},
+        },
+        {"settled": "_nvidia_driver_is_settled | bool"},
+        set_facts={
+            "_nvidia_driver_kmod": "{{ _nvidia_driver_kmod_wanted | trim }}",
+            "_nvidia_driver_loaded_ok": "{{ _nvidia_driver_loaded_wanted }}",
+        },
+    )
+    assert r["settled"] is settled
