@@ -166,12 +166,15 @@ async def aio_handle(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await resp.prepare(request)
     slow = str(d.get("prompt", "")).startswith("slow")
-    for i in range(n):
-        await resp.write(_chunk(i, n, lp, ids))
-        if slow:
-            await asyncio.sleep(0.05)
-    await resp.write(b"data: [DONE]\n\n")
-    await resp.write_eof()
+    try:
+        for i in range(n):
+            await resp.write(_chunk(i, n, lp, ids))
+            if slow:
+                await asyncio.sleep(0.05)
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+    except ConnectionError:  # the client (the proxy, or the memory check) went away
+        pass
     return resp
 
 

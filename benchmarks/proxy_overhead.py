@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -171,7 +172,7 @@ async def hold_streams(port: int, n: int, body: bytes, proxy_pid: int) -> tuple[
 
 
 async def bench(
-    args: argparse.Namespace, up_port: int, px_port: int, guide_port: int, proxy_pid: int
+    args: argparse.Namespace, up_port: int, px_port: int, guide_port: int, proxy_pid: int, alt_port: int
 ) -> None:
     d = args.duration
     gen16 = orjson.dumps({"inputs": "hello world", "parameters": {"max_new_tokens": 16}})
@@ -179,14 +180,19 @@ async def bench(
     gen256 = orjson.dumps({"inputs": "hello world", "parameters": {"max_new_tokens": 256}})
     direct256 = orjson.dumps({"model": "fake", "prompt": "hello world", "max_tokens": 256, "stream": True})
 
+    la = os.getloadavg()
     print(
-        f"load average at start: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}"
+        f"fake upstream: {args.fake}; proxy workers: {args.workers or os.cpu_count()}; cores: {os.cpu_count()}"
     )
+    print(f"load average at start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
     res: dict[str, dict[str, float]] = {}
     res["direct_64"], res["proxy_64"] = await paired(
         [Load(up_port, "/v1/completions", direct16, 64), Load(px_port, "/generate", gen16, 64)], d
     )
-    (res["guide_64"],) = await paired([Load(guide_port, "/generate", gen16, 64)], d, rounds=1)
+    # the guide's layer, paired with ours (it is slow: longer slices)
+    res["guide_64"], res["proxy_64_vs_guide"] = await paired(
+        [Load(guide_port, "/generate", gen16, 64), Load(px_port, "/generate", gen16, 64)], 2 * d, rounds=2
+    )
     res["direct_1"], res["proxy_1"] = await paired(
         [Load(up_port, "/v1/completions", direct16, 1), Load(px_port, "/generate", gen16, 1)], d
     )
@@ -197,6 +203,19 @@ async def bench(
         ],
         d,
     )
+
+    if args.compare:
+        # the same proxy logic on aiohttp (server + one ClientSession per process), same worker count
+        res["aiohttp_64"], res["ours_64"] = await paired(
+            [Load(alt_port, "/generate", gen16, 64), Load(px_port, "/generate", gen16, 64)], d
+        )
+        res["aiohttp_stream"], res["ours_stream"] = await paired(
+            [
+                Load(alt_port, "/generate_stream", gen256, 32, stream=True),
+                Load(px_port, "/generate_stream", gen256, 32, stream=True),
+            ],
+            d,
+        )
 
     for name, r in res.items():
         print(
@@ -218,7 +237,7 @@ async def bench(
     ratio_rps = res["proxy_64"]["rps"] / res["direct_64"]["rps"]
     added_p50 = res["proxy_1"]["p50_ms"] - res["direct_1"]["p50_ms"]
     ratio_tps = res["proxy_stream"]["tps"] / res["direct_stream"]["tps"]
-    vs_guide = res["proxy_64"]["rps"] / max(res["guide_64"]["rps"], 1e-9)
+    vs_guide = res["proxy_64_vs_guide"]["rps"] / max(res["guide_64"]["rps"], 1e-9)
     rows = [
         ("non-stream 64 conc: proxied/direct req/s", f"{ratio_rps:.3f}", ">= 0.40", ratio_rps >= 0.40),
         ("added p50 latency at concurrency 1", f"{added_p50:.3f} ms", "<= 1.5 ms", added_p50 <= 1.5),
@@ -272,52 +291,46 @@ def main() -> None:
         default="aiohttp",
         help="build of the fake upstream (raw: the proxy's own httptools server, the harshest baseline)",
     )
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="also measure the same proxy logic on aiohttp (the library choice)",
+    )
     args = ap.parse_args()
-    up_port, px_port, guide_port = free_port(), free_port(), free_port()
+    up_port, px_port, guide_port, alt_port = free_port(), free_port(), free_port(), free_port()
     procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(*cmd: str) -> subprocess.Popen[bytes]:
+        # each in its own session: stopping it stops its worker processes too
+        p = subprocess.Popen(cmd, start_new_session=True)
+        procs.append(p)
+        return p
+
     try:
         tok = HERE.parent / ".build" / "tiny-model" / "tokenizer.json"
         if not tok.is_file():
             sys.exit(f"{tok} is missing: run `make tiny-model` first (the proxy needs a tokenizer)")
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(HERE / "proxy_fake_upstream.py"), str(up_port), str(tok), args.fake]
-            )
+        up = f"http://127.0.0.1:{up_port}"
+        spawn(sys.executable, str(HERE / "proxy_fake_upstream.py"), str(up_port), str(tok), args.fake)
+        wait_http(up + "/health")
+        proxy = spawn(
+            str(BIN / "hf-proxy"),
+            *("--upstream", up, "--port", str(px_port), "--workers", str(args.workers)),
+            *("--max-concurrent-requests", "1024", "--log-level", "warning"),
         )
-        wait_http(f"http://127.0.0.1:{up_port}/health")
-        proxy = subprocess.Popen(
-            [
-                str(BIN / "hf-proxy"),
-                "--upstream",
-                f"http://127.0.0.1:{up_port}",
-                "--port",
-                str(px_port),
-                "--workers",
-                str(args.workers),
-                "--max-concurrent-requests",
-                "1024",
-                "--log-level",
-                "warning",
-            ]
-        )
-        procs.append(proxy)
-        procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    str(HERE / "proxy_guide_layer.py"),
-                    str(guide_port),
-                    f"http://127.0.0.1:{up_port}",
-                ]
-            )
-        )
+        spawn(sys.executable, str(HERE / "proxy_guide_layer.py"), str(guide_port), up)
+        if args.compare:
+            workers = str(args.workers or os.cpu_count() or 1)
+            spawn(sys.executable, str(HERE / "proxy_alt_aiohttp.py"), str(alt_port), up, workers, str(tok))
+            wait_http(f"http://127.0.0.1:{alt_port}/health")
         wait_http(f"http://127.0.0.1:{px_port}/health")
         wait_http(f"http://127.0.0.1:{guide_port}/docs")
         time.sleep(0.5)
-        uvloop.run(bench(args, up_port, px_port, guide_port, proxy.pid))
+        uvloop.run(bench(args, up_port, px_port, guide_port, proxy.pid, alt_port))
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
         for p in procs:
             try:
                 p.wait(timeout=10)
