@@ -182,7 +182,8 @@ async def bench(
 
     la = os.getloadavg()
     print(
-        f"fake upstream: {args.fake}; proxy workers: {args.workers or os.cpu_count()}; cores: {os.cpu_count()}"
+        f"fake upstream: {args.fake}; proxy workers: {args.workers or os.cpu_count()}; "
+        f"cores: {os.cpu_count()}"
     )
     print(f"load average at start: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
     res: dict[str, dict[str, float]] = {}
