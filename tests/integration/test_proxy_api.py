@@ -215,7 +215,10 @@ def test_seed_and_best_of(proxy):
     assert len(d["best_of_sequences"]) == 1
     other = d["best_of_sequences"][0]
     assert list(other) == ["generated_text", "finish_reason", "generated_tokens", "seed", "prefill", "tokens"]
-    mean = lambda toks: sum(t["logprob"] for t in toks) / len(toks)  # noqa: E731
+
+    def mean(toks: list) -> float:
+        return sum(t["logprob"] for t in toks) / len(toks)
+
     assert mean(d["tokens"]) >= mean(other["tokens"])
     # sampling without a seed reports the random seed it used
     s = gen(proxy, "hello", max_new_tokens=2, do_sample=True, details=True).json()["details"]["seed"]
@@ -610,3 +613,30 @@ def test_without_tokenizer_serves_and_says_so(vllm_url, logs):
         r = requests.post(p.url + "/tokenize", json={"inputs": "hi"}, timeout=5)
         assert r.status_code == 404 and r.json()["error_type"] == "no fast tokenizer"
         assert "no tokenizer.json there" in p.log_text()
+
+
+def test_raw_http_edge_cases(proxy):
+    host, port = proxy.split("//")[1].split(":")
+
+    def exchange(data: bytes, wait: float = 0.5) -> bytes:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(data)
+            time.sleep(wait)
+            return s.recv(65536)
+
+    big = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70000 + b"\r\n\r\n")
+    assert big.startswith(b"HTTP/1.1 431 ")
+    assert exchange(b"NOT HTTP\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+    # pipelined requests are answered in order on one connection
+    two = exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert two.startswith(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\nHTTP/1.1 200 OK\r\n")
+    # Expect: 100-continue is honoured
+    body = b'{"inputs": "hi", "parameters": {"max_new_tokens": 1}}'
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(
+            b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        s.sendall(body)
+        assert read_until(s, b"generated_text").startswith(b"HTTP/1.1 200 OK")

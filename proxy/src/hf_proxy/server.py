@@ -22,6 +22,7 @@ log = logging.getLogger("hf_proxy")
 Handler = Callable[["Request"], Awaitable[None]]
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+MAX_HEAD = 65536  # request line and headers, bytes
 
 
 def status_line(status: int) -> bytes:
@@ -126,6 +127,7 @@ class HttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_len = 0
         self._too_large = False
+        self._head_len = 0
         self._queue: deque[Request] = deque()
         self._task: asyncio.Task[None] | None = None
         self._paused = False
@@ -136,6 +138,8 @@ class HttpProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -167,11 +171,19 @@ class HttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_len = 0
         self._too_large = False
+        self._head_len = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_len += len(url)
+        if self._head_len > MAX_HEAD:
+            self._reject(431, b"Request header fields too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_len += len(name) + len(value)
+        if self._head_len > MAX_HEAD:
+            self._reject(431, b"Request header fields too large")
+            return
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
@@ -253,12 +265,16 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _bad_request(self) -> None:
+        self._reject(400, b"Bad Request")
+
+    def _reject(self, status: int, body: bytes) -> None:
+        """Answer a request that cannot be parsed, and close the connection."""
         if self.transport is not None:
-            body = b"Bad Request"
             self.transport.write(
-                status_line(400)
+                status_line(status)
                 + b"content-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
                 + body
             )
             with contextlib.suppress(Exception):
                 self.transport.close()
+            self.transport = None
