@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# The embedded demo: a local systemd container `textgen-demo` (same settings as the Molecule targets)
+# deployed with playbooks/site.yml and inventories/local, then one measured generation.
+# Usage: demo.sh up|down     (make demo / make demo-clean; `make demo` fills images and wheelhouse first)
+# Env: TEXTGEN_DEMO_PORT (host port on 127.0.0.1, default 18000).
+set -euo pipefail
+top=$(cd "$(dirname "$0")/../.." && pwd)
+name=textgen-demo
+image=textgen-testbed:bookworm
+port="${TEXTGEN_DEMO_PORT:-18000}"
+state="$top/.build/demo"
+export PATH="$top/.venv/bin:$PATH"
+export ANSIBLE_COLLECTIONS_PATH="${ANSIBLE_COLLECTIONS_PATH:-$top/.build/collections}"
+export ANSIBLE_ROLES_PATH="$top/roles"
+export ANSIBLE_PIPELINING=1
+
+down() {
+  if docker container inspect "$name" >/dev/null 2>&1; then
+    docker rm -f "$name" >/dev/null
+    echo "demo: removed the container $name"
+  else
+    echo "demo: no container $name"
+  fi
+  rm -rf "$state"
+}
+
+container() {
+  if ! docker image inspect "$image" >/dev/null 2>&1; then
+    echo "demo: the image $image is missing: run 'make demo' (it builds it)" >&2
+    exit 1
+  fi
+  if ! docker container inspect "$name" >/dev/null 2>&1; then
+    echo "demo: creating the systemd container $name (port 127.0.0.1:$port -> 8000)"
+    docker run -d --name "$name" --hostname "$name" \
+      --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns host \
+      -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+      --stop-signal SIGRTMIN+3 -p "127.0.0.1:$port:8000" \
+      "$image" /lib/systemd/systemd >/dev/null
+  elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then
+    docker start "$name" >/dev/null
+  fi
+  local s=""
+  for _ in $(seq 1 60); do
+    s=$(docker exec "$name" systemctl is-system-running 2>/dev/null || true)
+    case "$s" in running | degraded) return 0 ;; esac
+    sleep 1
+  done
+  echo "demo: systemd in $name did not finish booting (state: ${s:-unknown})" >&2
+  exit 1
+}
+
+up() {
+  [ -f "$top/.build/tiny-model/model.safetensors" ] || "$top/.venv/bin/python" "$top/tests/tiny_model/build.py" "$top/.build/tiny-model"
+  export TEXTGEN_TINY_MODEL="$top/.build/tiny-model"
+  TEXTGEN_WHEELHOUSE=$(bash "$top/tests/testbed/wheelhouse.sh" | tail -n 1)
+  export TEXTGEN_WHEELHOUSE
+  container
+  mkdir -p "$state" && chmod 700 "$state"
+  if [ ! -s "$state/secrets.yml" ]; then
+    (umask 077 && printf 'vllm_api_key: "%s"\n' "$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >"$state/secrets.yml")
+  fi
+  local t0 t1
+  t0=$(date +%s)
+  ansible-playbook -i "$top/inventories/local" "$top/playbooks/site.yml" -e "@$state/secrets.yml" | tee "$state/playbook.log"
+  t1=$(date +%s)
+  echo "demo: playbook took $((t1 - t0)) s"
+  python3 - "$port" "$state/secrets.yml" <<'PY'
+import json, re, sys, time, urllib.request
+
+port, secrets = sys.argv[1], sys.argv[2]
+key = re.search(r'vllm_api_key: "(.*)"', open(secrets).read()).group(1)
+url = f"http://127.0.0.1:{port}"
+body = {"model": "tiny", "prompt": "hello world", "max_tokens": 128, "temperature": 0, "ignore_eos": True}
+req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+t = time.perf_counter()
+with urllib.request.urlopen(req, timeout=120) as r:
+    out = json.loads(r.read())
+dt = time.perf_counter() - t
+n = out["usage"]["completion_tokens"]
+print(f"""
+==================================================================================================
+ vLLM (CPU build, tiny random-weight model) serves at {url}  (model name: tiny)
+ The API key is in {secrets} (mode 0600). From this host:
+
+   curl -s {url}/v1/completions -H "Authorization: Bearer $(sed -n 's/^vllm_api_key: "\\(.*\\)"/\\1/p' {secrets})" \\
+        -H 'Content-Type: application/json' -d '{{"model": "tiny", "prompt": "hello world", "max_tokens": 16}}'
+
+ One measured generation: {n} tokens in {dt:.3f} s = {n / dt:.1f} tokens/s
+   (single request, greedy, ignore_eos, measured here end to end over HTTP)
+ Text (random weights, so it is noise): {out["choices"][0]["text"][:60]!r}...
+ Remove it: make demo-clean
+==================================================================================================""")
+PY
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+esac
