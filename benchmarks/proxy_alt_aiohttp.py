@@ -48,7 +48,7 @@ async def generate(request: web.Request) -> web.StreamResponse:
         UPSTREAM + "/v1/completions", data=body, headers={"content-type": "application/json"}
     ) as r:
         raw = await r.read()
-    out, _, _ = from_vllm(orjson.loads(raw), plan, app["tok"])
+    out, _gen, _prompt = from_vllm(orjson.loads(raw), plan, app["tok"])
     return web.Response(body=orjson.dumps(out), content_type="application/json")
 
 
@@ -76,7 +76,7 @@ def main() -> None:
     app.router.add_post("/generate", generate)
     app.router.add_post("/generate_stream", generate_stream)
     app.router.add_get("/health", lambda r: web.Response(status=200))
-    for _ in range(WORKERS - 1):
+    for _i in range(WORKERS - 1):
         if os.fork() == 0:
             break
     web.run_app(

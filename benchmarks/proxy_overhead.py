@@ -115,7 +115,7 @@ class Load:
                         self.tokens += data.count(b"data: ") - data.count(b"data: [DONE]")
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(self.concurrency)))
+        await asyncio.gather(*(worker() for _i in range(self.concurrency)))
         if measure:
             self.elapsed += time.perf_counter() - t0
 
@@ -135,7 +135,7 @@ async def paired(loads: list[Load], duration: float, rounds: int = 5) -> list[di
     load on this shared machine hits all of them alike."""
     for ld in loads:
         await ld.run(min(1.0, duration / 3), measure=False)
-    for _ in range(rounds):
+    for _i in range(rounds):
         for ld in loads:
             await ld.run(duration / rounds)
     return [ld.result() for ld in loads]
@@ -158,7 +158,7 @@ async def hold_streams(port: int, n: int, body: bytes, proxy_pid: int) -> tuple[
         started += 1
         await reader.read(1)
 
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    tasks = [asyncio.create_task(one()) for _i in range(n)]
     deadline = time.monotonic() + 30
     while started < n and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
@@ -226,13 +226,13 @@ async def bench(
 
     # memory: 512 open streams, then growth over 10,000 requests
     slow = orjson.dumps({"inputs": "slow", "parameters": {"max_new_tokens": 200}})
-    rss_idle, _ = rss_kb(tree(proxy_pid))
+    rss_idle, _pss = rss_kb(tree(proxy_pid))
     started, rss_open, pss_open = await hold_streams(px_port, 512, slow, proxy_pid)
     await asyncio.sleep(1.0)
     base = await count_requests(px_port, gen16, 2000)
-    rss_before, _ = rss_kb(tree(proxy_pid))
+    rss_before, _pss = rss_kb(tree(proxy_pid))
     await count_requests(px_port, gen16, 10_000)
-    rss_after, _ = rss_kb(tree(proxy_pid))
+    rss_after, _pss = rss_kb(tree(proxy_pid))
     assert base == 2000
 
     ratio_rps = res["proxy_64"]["rps"] / res["direct_64"]["rps"]
@@ -272,12 +272,12 @@ async def count_requests(port: int, body: bytes, n: int) -> int:
 
     async def worker(k: int) -> None:
         nonlocal done
-        for _ in range(k):
+        for _i in range(k):
             resp = await pool.request("POST", "/generate", body)
             await resp.read()
             done += resp.status == 200
 
-    await asyncio.gather(*(worker(n // 50) for _ in range(50)))
+    await asyncio.gather(*(worker(n // 50) for _i in range(50)))
     pool.close()
     return done
 

@@ -579,7 +579,7 @@ def test_upstreams_ejected_and_readmitted(vllm_url, logs, tmp_path):
             assert _wait(lambda: healthy() == [True, True])
             relay.stop()
             assert _wait(lambda: healthy() == [False, True])
-            for _ in range(4):  # traffic keeps flowing through the healthy one
+            for _i in range(4):  # traffic keeps flowing through the healthy one
                 assert gen(p.url, "hi", max_new_tokens=2).status_code == 200
             relay.start()
             assert _wait(lambda: healthy() == [True, True])

@@ -45,6 +45,7 @@ def results(proxy: str) -> dict[str, dict]:
             capture_output=True,
             text=True,
             timeout=300,
+            check=False,
         )
         assert p.returncode == 0, p.stderr[-3000:]
         return json.loads(p.stdout)

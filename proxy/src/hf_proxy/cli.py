@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     workers = settings.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     workers = max(1, workers)
     try:
-        socks = [_bind(settings.host, settings.port, workers > 1) for _ in range(workers)]
+        socks = [_bind(settings.host, settings.port, workers > 1) for _i in range(workers)]
     except OSError as e:
         print(f"hf-proxy: cannot listen on {settings.host}:{settings.port}: {e}", file=sys.stderr)
         sys.exit(1)

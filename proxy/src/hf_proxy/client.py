@@ -169,7 +169,7 @@ class Pool:
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
+            _transport, conn = await asyncio.wait_for(
                 loop.create_connection(_Conn, self.host, self.port), self.connect_timeout
             )
         except (OSError, asyncio.TimeoutError) as e:

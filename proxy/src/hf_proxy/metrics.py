@@ -52,7 +52,7 @@ class Metrics:
         for name in GAUGES:
             self.index[name] = n
             n += 1
-        for name, (_, buckets) in HISTOGRAMS.items():
+        for name, (_help, buckets) in HISTOGRAMS.items():
             self.index[name] = n
             n += len(buckets) + 2  # buckets, sum, count
         self.width = n

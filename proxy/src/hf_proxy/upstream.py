@@ -88,7 +88,7 @@ class Balancer:
 
     async def check(self, u: Upstream) -> None:
         try:
-            status, _ = await fetch(u.pool, "GET", u.prefix + "/health", timeout=5.0)
+            status, _body = await fetch(u.pool, "GET", u.prefix + "/health", timeout=5.0)
             if status != 200:
                 u.mark(False, f"/health answered {status}")
                 return

@@ -40,9 +40,9 @@ def test_incremental_text_equals_decode_stream(tok):
     assert tok.byte_level
     rng = random.Random(0)
     v = tok.tok.get_vocab_size()
-    for _ in range(2000):
-        prompt = [rng.randrange(v) for _ in range(rng.randrange(0, 7))]
-        ids = [rng.randrange(v) for _ in range(rng.randrange(1, 25))]
+    for _i in range(2000):
+        prompt = [rng.randrange(v) for _i in range(rng.randrange(0, 7))]
+        ids = [rng.randrange(v) for _i in range(rng.randrange(1, 25))]
         mine, ref = tok.stream(prompt), DecodeStream(prompt[-5:], skip_special_tokens=False)
         assert [tok.step(mine, i) for i in ids] == [ref.step(tok.tok, i) or "" for i in ids], (prompt, ids)
 

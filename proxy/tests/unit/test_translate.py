@@ -141,7 +141,7 @@ def test_details_object():
 
 
 def test_no_details_unless_asked_and_abort():
-    out, _, _ = from_vllm({"choices": [choice([7], "t7")]}, plan(req()), FakeTok())
+    out, _gen, _prompt = from_vllm({"choices": [choice([7], "t7")]}, plan(req()), FakeTok())
     assert out == {"generated_text": "t7"}
     with pytest.raises(GenerationError):
         from_vllm({"choices": [choice([7], "t7", "abort")]}, plan(req()), FakeTok())
@@ -152,7 +152,7 @@ def test_best_of_picks_highest_mean_logprob():
     resp = {
         "choices": [choice([4, 5], "a", lps=[-3.0, -3.0]), choice([6, 7], "b", lps=[-1.0, -2.0], index=1)]
     }
-    out, _, _ = from_vllm(resp, plan(r), FakeTok())
+    out, _gen, _prompt = from_vllm(resp, plan(r), FakeTok())
     assert out["generated_text"] == "b"
     assert [s["generated_text"] for s in out["details"]["best_of_sequences"]] == ["a"]
 

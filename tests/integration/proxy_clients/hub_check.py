@@ -99,7 +99,7 @@ run("stop", stop)
 run(
     "seed",
     lambda: (
-        [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=1234) for _ in range(2)]
+        [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=1234) for _i in range(2)]
         + [c.text_generation(PROMPT, max_new_tokens=8, do_sample=True, seed=99)]
     ),
 )
@@ -129,7 +129,7 @@ def info() -> Any:
 
 
 run("info", info)
-run("health", lambda: c.health_check())
+run("health", c.health_check)
 
 
 def chat() -> dict[str, Any]:
@@ -140,7 +140,7 @@ def chat() -> dict[str, Any]:
 def chat_stream() -> int:
     return sum(
         1
-        for _ in c.chat_completion(
+        for _i in c.chat_completion(
             [{"role": "user", "content": "hello"}], max_tokens=5, stream=True, temperature=0.0
         )
     )
