@@ -640,3 +640,32 @@ def test_raw_http_edge_cases(proxy):
         assert s.recv(100).startswith(b"HTTP/1.1 100 Continue")
         s.sendall(body)
         assert read_until(s, b"generated_text").startswith(b"HTTP/1.1 200 OK")
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def test_dead_worker_is_replaced_and_sigterm_stops_all(vllm_url, logs):
+    import os
+    import signal
+
+    with start_proxy([vllm_url], "--workers", "2", log_dir=logs) as p:
+        workers = _children(p.proc.pid)
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        assert _wait(lambda: len(_children(p.proc.pid)) == 2 and workers[0] not in _children(p.proc.pid))
+        for _i in range(6):  # both sockets answer again
+            assert gen(p.url, "hi", max_new_tokens=1).status_code == 200
+        assert "restarting" in p.log_text()
+        survivors = _children(p.proc.pid)
+    p.proc.wait(timeout=10)
+    assert all(not Path(f"/proc/{w}").exists() for w in survivors)
