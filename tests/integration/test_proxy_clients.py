@@ -107,7 +107,8 @@ def test_endpoint_info_health_and_chat(results, version):
     assert ok(r, "health") is True
     chat = ok(r, "chat")
     assert chat["finish_reason"] == "length" and isinstance(chat["content"], str)
-    assert ok(r, "chat_stream") >= 5
+    cs = ok(r, "chat_stream")
+    assert cs["n"] >= 2 and cs["finish_reason"] == "length"
 
 
 def test_text_generation_client(results, ref):

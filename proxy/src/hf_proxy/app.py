@@ -38,6 +38,11 @@ from .validate import (
 log = logging.getLogger("hf_proxy")
 
 UNHEALTHY = RequestError(503, "unhealthy", "healthcheck")
+_TGI_HEADERS = (
+    b"x-compute-type: %b\r\nx-compute-time: %.6f\r\nx-compute-characters: %d\r\nx-total-time: %d\r\n"
+    b"x-validation-time: %d\r\nx-queue-time: %d\r\nx-inference-time: %d\r\nx-time-per-token: %d\r\n"
+    b"x-prompt-tokens: %d\r\nx-generated-tokens: %d\r\n"
+)
 OVERLOADED = RequestError(429, "Model is overloaded", "overloaded")
 ALIASES = ("tgi", "dummy", "")
 
@@ -105,6 +110,7 @@ class App:
         self._limits: Limits | None = None
         self._limits_for: ModelInfo | None = None
         self.timeout = settings.request_timeout or None
+        self._compute_type = settings.compute_type.encode("latin-1", "replace")
 
     # -- model and limits ------------------------------------------------------------------
     def _on_model(self, info: ModelInfo) -> None:
@@ -381,27 +387,31 @@ class App:
         queue = t_sent - t_valid
         inference = t_end - t_sent
         per_token = inference / generated if generated else 0.0
-        headers = [
-            ("x-compute-type", self.s.compute_type),
-            ("x-compute-time", f"{total:.6f}"),
-            ("x-compute-characters", str(len(greq.inputs))),
-            ("x-total-time", str(int(total * 1000))),
-            ("x-validation-time", str(int(validation * 1000))),
-            ("x-queue-time", str(int(queue * 1000))),
-            ("x-inference-time", str(int(inference * 1000))),
-            ("x-time-per-token", str(int(per_token * 1000))),
-            ("x-prompt-tokens", str(prompt_tokens)),
-            ("x-generated-tokens", str(generated)),
-        ]
-        req.respond(200, orjson.dumps([out] if compat else out), headers=headers)
+        raw_headers = _TGI_HEADERS % (
+            self._compute_type,
+            total,
+            len(greq.inputs),
+            int(total * 1000),
+            int(validation * 1000),
+            int(queue * 1000),
+            int(inference * 1000),
+            int(per_token * 1000),
+            prompt_tokens,
+            generated,
+        )
+        req.respond(200, orjson.dumps([out] if compat else out), raw_headers=raw_headers)
         m.inc("tgi_request_success")
-        m.observe("tgi_request_duration", total)
-        m.observe("tgi_request_validation_duration", validation)
-        m.observe("tgi_request_queue_duration", queue)
-        m.observe("tgi_request_inference_duration", inference)
-        m.observe("tgi_request_mean_time_per_token_duration", per_token)
-        m.observe("tgi_request_input_length", prompt_tokens)
-        m.observe("tgi_request_generated_tokens", generated)
+        m.observe_many(
+            (
+                ("tgi_request_duration", total),
+                ("tgi_request_validation_duration", validation),
+                ("tgi_request_queue_duration", queue),
+                ("tgi_request_inference_duration", inference),
+                ("tgi_request_mean_time_per_token_duration", per_token),
+                ("tgi_request_input_length", prompt_tokens),
+                ("tgi_request_generated_tokens", generated),
+            )
+        )
 
     async def generate_stream(self, req: Request, greq: Any, compat: bool) -> None:
         m = self.metrics

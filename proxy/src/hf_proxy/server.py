@@ -64,7 +64,9 @@ class Request:
         body: bytes = b"",
         content_type: str | None = "application/json",
         headers: list[tuple[str, str]] | None = None,
+        raw_headers: bytes = b"",
     ) -> None:
+        """A whole answer; `raw_headers` are ready-made header lines (each ending in CRLF)."""
         if self.responded:
             return
         self.responded = True
@@ -74,6 +76,8 @@ class Request:
         if headers:
             for k, v in headers:
                 parts.append(f"{k}: {v}\r\n".encode("latin-1", "replace"))
+        if raw_headers:
+            parts.append(raw_headers)
         parts.append(b"content-length: %d\r\n" % len(body))
         if not self.keep_alive:
             parts.append(b"connection: close\r\n")

@@ -324,6 +324,21 @@ class StreamState:
         tok = self.tok
         if tok is not None and self.decoder is None:
             self.decoder = tok.stream(self.prompt_ids)
+        if fr is None and len(ids) == 1 and tok is not None and not self.plan.top_n:
+            # the common chunk: one token, not the last (orjson writes NaN and infinities as null)
+            self.index += 1
+            tid = ids[0]
+            return (
+                _EV_HEAD
+                % (
+                    self.index,
+                    tid,
+                    orjson.dumps(tok.step(self.decoder, tid)),
+                    orjson.dumps(lps[0] if lps else None),
+                    b"true" if tok.is_special(tid) else b"false",
+                )
+                + _EV_TAIL
+            )
         out: list[bytes] = []
         last = len(ids) - 1
         for i, tid in enumerate(ids):

@@ -129,7 +129,13 @@ def info() -> Any:
 
 
 run("info", info)
-run("health", c.health_check)
+
+
+def health() -> Any:
+    return c.health_check()
+
+
+run("health", health)
 
 
 def chat() -> dict[str, Any]:
@@ -137,13 +143,12 @@ def chat() -> dict[str, Any]:
     return {"content": r.choices[0].message.content, "finish_reason": r.choices[0].finish_reason}
 
 
-def chat_stream() -> int:
-    return sum(
-        1
-        for _i in c.chat_completion(
-            [{"role": "user", "content": "hello"}], max_tokens=5, stream=True, temperature=0.0
-        )
+def chat_stream() -> dict[str, Any]:
+    chunks = list(
+        c.chat_completion([{"role": "user", "content": "hello"}], max_tokens=5, stream=True, temperature=0.0)
     )
+    reasons = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+    return {"n": len(chunks), "finish_reason": [r for r in reasons if r][-1] if any(reasons) else None}
 
 
 run("chat", chat)
