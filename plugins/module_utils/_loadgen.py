@@ -40,6 +40,7 @@ from ansible_collections.selfhost.textgen.plugins.module_utils._stats import (
     distribution,
     parse_prometheus,
     server_metrics_report,
+    tpot_of,
 )
 
 APIS = ("tgi", "openai", "openai_chat")
@@ -443,9 +444,7 @@ class LoadGenerator:
             ok = [r for r in records if r.success]
             dists = {
                 "ttft_ms": distribution([r.ttft for r in ok if r.ttft is not None]),
-                "tpot_ms": distribution(
-                    [t for t in ((r.latency - r.ttft) / (r.tokens - 1) for r in ok if r.tokens > 1) if t >= 0]
-                ),
+                "tpot_ms": distribution([t for t in (tpot_of(r) for r in ok) if t is not None]),
                 "itl_ms": distribution([g for r in ok for g in r.itl]),
                 "e2e_ms": distribution([r.latency for r in ok if r.latency is not None]),
             }

@@ -50,8 +50,8 @@ class RequestRecord:
 
     @property
     def tokens(self) -> int:
-        """Output tokens: the server's count when it gave one, else the token chunks received."""
-        return self.output_tokens if self.output_tokens is not None else self.chunks
+        """Output tokens: the server's count when it gave one (not 0), else the token chunks received."""
+        return self.output_tokens if self.output_tokens else self.chunks
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
