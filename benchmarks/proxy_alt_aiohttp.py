@@ -21,7 +21,7 @@ from hf_proxy.tokenizer import ModelTokenizer
 from hf_proxy.translate import StreamState, from_vllm, plan_request, to_vllm
 from hf_proxy.validate import Limits, parse_generate, validate_lengths, validate_params
 
-PORT, UPSTREAM, WORKERS, TOK = int(sys.argv[1]), sys.argv[2].rstrip("/"), int(sys.argv[3]), sys.argv[4]
+UPSTREAM, TOK = (sys.argv[2].rstrip("/"), sys.argv[4]) if len(sys.argv) > 4 else ("", "")
 LIMITS = Limits(max_input_tokens=4095, max_total_tokens=4096)
 
 
@@ -71,18 +71,22 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
 
 
 def main() -> None:
+    if len(sys.argv) < 5:
+        print("a part of benchmarks/proxy_overhead.py (--compare), not a benchmark of its own")
+        return
+    port, workers = int(sys.argv[1]), int(sys.argv[3])
     app = web.Application()
     app.on_startup.append(on_startup)
     app.router.add_post("/generate", generate)
     app.router.add_post("/generate_stream", generate_stream)
     app.router.add_get("/health", lambda r: web.Response(status=200))
-    for _i in range(WORKERS - 1):
+    for _i in range(workers - 1):
         if os.fork() == 0:
             break
     web.run_app(
         app,
         host="127.0.0.1",
-        port=PORT,
+        port=port,
         reuse_port=True,
         print=None,
         access_log=None,

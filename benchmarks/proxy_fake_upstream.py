@@ -179,6 +179,9 @@ async def aio_handle(request: web.Request) -> web.StreamResponse:
 
 
 def main() -> None:
+    if len(sys.argv) < 2:
+        print("a part of benchmarks/proxy_overhead.py (the fake upstream), not a benchmark of its own")
+        return
     port = int(sys.argv[1])
     if len(sys.argv) > 2:
         from tokenizers import Tokenizer

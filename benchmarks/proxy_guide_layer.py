@@ -33,4 +33,7 @@ async def hf_compatible_generate(request: dict) -> list:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        print("a part of benchmarks/proxy_overhead.py (the baseline), not a benchmark of its own")
+        sys.exit(0)
     uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")

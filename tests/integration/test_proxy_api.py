@@ -520,7 +520,7 @@ def read_until(s: socket.socket, marker: bytes, timeout: float = 30) -> bytes:
 
 @pytest.mark.parametrize("path", ["/generate_stream", "/generate"])
 def test_client_disconnect_aborts_upstream(proxy, vllm_url, path):
-    assert running(vllm_url) == 0
+    assert _wait(lambda: running(vllm_url) == 0)
     s = raw_request(proxy, path, {"inputs": "hello world", "parameters": {"max_new_tokens": 450}})
     if path == "/generate_stream":
         read_until(s, b"data: ")
@@ -588,14 +588,17 @@ def test_upstreams_ejected_and_readmitted(vllm_url, logs, tmp_path):
         cfg.write_text(f'upstreams = ["http://127.0.0.1:{relay.port}"]\nhealth_check_interval = 0.3\n')
         with start_proxy([], "--config", str(cfg), log_dir=logs) as p:
             relay.stop()
-            assert _wait(lambda: http_status(p.url + "/health") == 503)
+            # every worker process keeps its own view: wait until all have seen it (a few rounds)
+            assert _wait(lambda: all(http_status(p.url + "/health") == 503 for _i in range(6)))
             r = requests.get(p.url + "/health", timeout=5)
+            assert r.status_code == 503
             assert r.json() == {"error": "unhealthy", "error_type": "healthcheck"}
             r = gen(p.url, "hi", max_new_tokens=2)
             assert r.status_code == 503 and r.json()["error_type"] == "healthcheck"
             relay.start()
-            assert _wait(lambda: http_status(p.url + "/health") == 200)
+            # a request that finds no healthy upstream probes them at once: no waiting for a round
             assert gen(p.url, "hi", max_new_tokens=2).status_code == 200
+            assert _wait(lambda: all(http_status(p.url + "/health") == 200 for _i in range(6)))
     finally:
         relay.close()
 

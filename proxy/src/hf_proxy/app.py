@@ -466,7 +466,7 @@ class App:
                 if out and (data := b"".join(out)):
                     if first is None:
                         first = _now()
-                    req.write_chunk(data)
+                    req.write_chunk_soon(data)
                     self.streams[req] = time.monotonic()
                     if req.closed:
                         raise asyncio.CancelledError

@@ -14,6 +14,7 @@ from . import config as config_mod
 from .metrics import Metrics
 
 log = logging.getLogger("hf_proxy")
+MAX_DEFAULT_WORKERS = 8  # the default is one per core up to this; more rarely helps in front of vLLM
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> socket.socket:
@@ -46,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
         stream=sys.stderr,
     )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    workers = settings.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
-    workers = max(1, workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = max(1, settings.workers or min(cores, MAX_DEFAULT_WORKERS))
     try:
         socks = [_bind(settings.host, settings.port, workers > 1) for _i in range(workers)]
     except OSError as e:

@@ -23,7 +23,7 @@ class Settings:
     upstreams: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8000"])
     host: str = "127.0.0.1"
     port: int = 8080
-    workers: int = 0  # 0: one per CPU core
+    workers: int = 0  # 0: one per CPU core, at most 8
     served_model: str = ""  # "": discovered from the upstream's /v1/models
     model_id: str = ""  # reported by /info; "": the served model's name
     tokenizer: str = ""  # tokenizer.json or a directory holding it; "": the model dir when local
@@ -89,7 +89,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per CPU core, at most 8)")
     p.add_argument("--tokenizer", help="tokenizer.json, or a directory holding it")
     p.add_argument("--served-model", help="upstream model name (default: discovered)")
     p.add_argument("--max-concurrent-requests", type=int)

@@ -31,6 +31,7 @@ def status_line(status: int) -> bytes:
 
 class Request:
     __slots__ = (
+        "_pending",
         "_proto",
         "body",
         "headers",
@@ -56,6 +57,7 @@ class Request:
         self.responded = False
         self.streaming = False
         self.started = 0.0
+        self._pending: list[bytes] = []
 
     # -- plain responses -------------------------------------------------------------------
     def respond(
@@ -102,10 +104,27 @@ class Request:
         self._proto.write(b"".join(parts))
 
     def write_chunk(self, data: bytes) -> None:
+        if self._pending:
+            self._flush()
         if data:
             self._proto.write(b"%x\r\n%b\r\n" % (len(data), data))
 
+    def write_chunk_soon(self, data: bytes) -> None:
+        """Queue stream data and send it at the end of this turn of the event loop, with whatever
+        else arrives meanwhile: one write (and one chunk) for many upstream events."""
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if data:
+                self._proto.write(b"%x\r\n%b\r\n" % (len(data), data))
+
     def end_stream(self) -> None:
+        self._flush()
         self._proto.write(b"0\r\n\r\n")
         self.streaming = False
 
