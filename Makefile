@@ -49,7 +49,8 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/ansible-lint --profile production
 
-# ansible-test needs the collection at .../ansible_collections/NS/NAME: sanity runs on a copy there, from
+# ansible-test needs the collection at .../ansible_collections/NS/NAME: sanity runs on a copy there (the
+# collection's content plus tests/unit; the test harness, Molecule and benchmarks are ruff-checked), from
 # its own venv holding ansible-test's pinned sanity requirements (its --requirements bootstrap needs a
 # host that is not reachable from CI).
 SANITY_VENV := $(BUILD)/sanity-venv
@@ -73,7 +74,7 @@ $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py: tests/testbed
 
 sanity: $(SANITY_VENV)/.installed $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(ANSIBLE_TEST_PIP)).py $(SANITY_VENV)/.installed
 	rm -rf $(BUILD)/sanity && mkdir -p $(BUILD)/sanity/ansible_collections/selfhost/textgen
-	git ls-files -co --exclude-standard | grep -v '^proxy/tests/' | \
+	git ls-files -co --exclude-standard | grep -vE '^(proxy/tests|molecule|benchmarks|tests/(integration|testbed|gpu|tiny_model))/' | \
 	  tar -cf - -T - | tar -xf - -C $(BUILD)/sanity/ansible_collections/selfhost/textgen
 	cd $(BUILD)/sanity/ansible_collections/selfhost/textgen
 	git init -q . && git add -A
