@@ -79,7 +79,7 @@ class LoadGenerator:
                 events = [json.loads(x[5:]) for x in data.splitlines() if x.startswith("data:")]
                 if not events or events[-1].get("generated_text") is None:
                     raise RuntimeError(f"stream ended without its final event: {data[-200:]!r}")
-            elif "generated_text" not in json.loads(data)[0]:
+            elif "generated_text" not in json.loads(data):  # TGI's /generate: one object
                 raise RuntimeError(f"no generated_text: {data[:200]}")
             with self._lock:
                 self.ok += 1
