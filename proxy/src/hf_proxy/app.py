@@ -242,7 +242,7 @@ class App:
 
     # -- upstream calls --------------------------------------------------------------------
     async def _send(
-        self, path: str, body: bytes, headers: list[tuple[str, str]]
+        self, path: str, body: bytes, headers: list[tuple[str, str]], whole: bool = False
     ) -> tuple[Upstream, Response]:
         """POST to a healthy upstream; a connection failure ejects it and tries the next one."""
         tried: set[Upstream] = set()
@@ -255,7 +255,7 @@ class App:
             tried.add(u)
             u.in_flight += 1
             try:
-                resp = await u.pool.request("POST", u.prefix + path, body, headers)
+                resp = await u.pool.request("POST", u.prefix + path, body, headers, whole=whole)
             except UpstreamError as e:
                 u.in_flight -= 1
                 u.mark(False, str(e))
@@ -355,7 +355,8 @@ class App:
         m = self.metrics
         plan, body, t_valid = await self._prepare(greq, compat)
         t_sent = _now()
-        u, resp = await self._send("/v1/completions", body, self._headers())
+        # without a time limit, wait for the whole (small) answer in one go
+        u, resp = await self._send("/v1/completions", body, self._headers(), whole=not self.timeout)
         try:
             raw = await (asyncio.wait_for(resp.read(), self.timeout) if self.timeout else resp.read())
         except asyncio.TimeoutError:

@@ -31,6 +31,7 @@ class _Conn(asyncio.Protocol):
         self.keep_alive = True
         self.got_bytes = False
         self.exc: BaseException | None = None
+        self._whole = False
 
     # asyncio
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,7 +68,7 @@ class _Conn(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self.status = self.parser.get_status_code()
         self.keep_alive = self.parser.should_keep_alive()
-        if self._headers_fut is not None and not self._headers_fut.done():
+        if not self._whole and self._headers_fut is not None and not self._headers_fut.done():
             self._headers_fut.set_result(None)
 
     def on_body(self, body: bytes) -> None:
@@ -77,6 +78,8 @@ class _Conn(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         self.complete = True
+        if self._whole and self._headers_fut is not None and not self._headers_fut.done():
+            self._headers_fut.set_result(None)
         if self._data_fut is not None and not self._data_fut.done():
             self._data_fut.set_result(None)
 
@@ -91,8 +94,10 @@ class _Conn(asyncio.Protocol):
         self._headers_fut = None
         self._data_fut = None
 
-    async def send(self, data: bytes) -> None:
+    async def send(self, data: bytes, whole: bool = False) -> None:
+        """Write a request; return when the response headers are in (or, `whole`, all of it)."""
         assert self.transport is not None
+        self._whole = whole
         self._headers_fut = asyncio.get_running_loop().create_future()
         self.transport.write(data)
         await self._headers_fut
@@ -194,8 +199,10 @@ class Pool:
         body: bytes = b"",
         headers: list[tuple[str, str]] | None = None,
         timeout: float | None = None,
+        whole: bool = False,
     ) -> Response:
-        """Send a request and return once the response headers are in (body read by the caller)."""
+        """Send a request and return once the response headers are in (body read by the caller), or
+        with `whole` once all of the response is in (one wake-up for a small answer)."""
         head = [
             f"{method} {path} HTTP/1.1\r\n".encode(),
             b"host: " + self._hostport + b"\r\n",
@@ -220,9 +227,9 @@ class Pool:
                 conn = await self._connect()
             try:
                 if timeout:
-                    await asyncio.wait_for(conn.send(data), timeout)
+                    await asyncio.wait_for(conn.send(data, whole), timeout)
                 else:
-                    await conn.send(data)
+                    await conn.send(data, whole)
             except UpstreamError:
                 conn.close()
                 if reused and not conn.got_bytes and attempt == 0:
