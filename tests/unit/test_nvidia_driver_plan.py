@@ -277,6 +277,32 @@ def test_ubuntu_other_branch_and_missing_branch(tmp_path):
     )
 
 
+def test_ubuntu_transitional_branch_is_refused(tmp_path):
+    """Ubuntu 24.04's 570-server packages only pull in 580 (real `apt-cache show` answers)."""
+    policy_text = (APT / "noble-policy.txt").read_text()
+    r = plan(
+        tmp_path,
+        NOBLE,
+        **driver_vars(),
+        nvidia_driver_branch="570",
+        _nvidia_driver_policy={"stdout": policy_text},
+        _nvidia_driver_utils_show={"stdout": (APT / "noble-show-utils-570.txt").read_text()},
+    )
+    assert r["plan"]["errors"] == [
+        "Ubuntu no longer ships branch 570: nvidia-utils-570-server is a transitional package to "
+        "nvidia-utils-580-server; set nvidia_driver_branch to a branch Ubuntu ships "
+        '(nvidia_driver_branch: "580" or newer)'
+    ]
+    r = plan(
+        tmp_path,
+        NOBLE,
+        **driver_vars(),
+        _nvidia_driver_policy={"stdout": policy_text},
+        _nvidia_driver_utils_show={"stdout": (APT / "noble-show-utils-580.txt").read_text()},
+    )
+    assert r["plan"]["errors"] == []
+
+
 def test_ubuntu_nvswitch_adds_fabricmanager(tmp_path):
     r = plan(
         tmp_path,
