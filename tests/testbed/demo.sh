@@ -33,7 +33,7 @@ container() {
     echo "demo: creating the systemd container $name (port 127.0.0.1:$port -> 8000)"
     docker run -d --name "$name" --hostname "$name" \
       --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns host \
-      -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock \
+      -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --shm-size 1g \
       --stop-signal SIGRTMIN+3 -p "127.0.0.1:$port:8000" \
       "$image" /lib/systemd/systemd >/dev/null
   elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then

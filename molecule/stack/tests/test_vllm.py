@@ -156,9 +156,9 @@ def test_units_active_and_run_as_vllm(live, name):
     assert host.service(f"vllm@{name}.service").is_enabled
     pid = host.run(f"systemctl show -p MainPID --value vllm@{name}.service").stdout.strip()
     assert pid not in ("", "0")
+    cg = host.run(f"systemctl show -p ControlGroup --value vllm@{name}.service").stdout.strip()
     procs = host.run(
-        f"cat /sys/fs/cgroup/systemd/system.slice/system-vllm.slice/vllm@{name}.service/cgroup.procs "
-        f"2>/dev/null || cat /sys/fs/cgroup/system.slice/system-vllm.slice/vllm@{name}.service/cgroup.procs"
+        f"cat /sys/fs/cgroup/systemd{cg}/cgroup.procs 2>/dev/null || cat /sys/fs/cgroup{cg}/cgroup.procs"
     ).stdout.split()
     assert pid in procs
     users = {host.run(f"ps -o user= -p {p}").stdout.strip() for p in procs} - {""}
@@ -260,11 +260,14 @@ def _recap_changed(out: str) -> int:
     ],
     ids=["port-twice", "gpu-util", "no-model", "device", "no-gpu", "wheelhouse"],
 )
-def test_bad_variables_fail_in_preflight_naming_them(host, extra, expected):
+def test_bad_variables_fail_in_preflight_naming_them(live, extra, expected):
+    """Run on the serving host only (preflight is the same everywhere): nothing is changed or restarted."""
+    host = live
     before = {n: _main_pid(host, n) for n in INSTANCES}
     res = _playbook(host, "--tags", "vllm_preflight", "-e", json.dumps(extra))
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
+    assert not any(key in out for key in KEYS), "an API key leaked into Ansible's output"
     assert re.search(expected, re.sub(r"\s+", " ", out)) or re.search(expected, out, re.S), out[-3000:]
     assert {n: _main_pid(host, n) for n in INSTANCES} == before
 
@@ -282,6 +285,7 @@ def test_changing_one_instance_restarts_only_that_one(live):
     alpha, beta = _main_pid(live, "alpha"), _main_pid(live, "beta")
     res = _playbook(live, "-e", json.dumps({"vllm_instances": changed}))
     assert res.returncode == 0, res.stdout[-4000:]
+    assert not any(key in res.stdout + res.stderr for key in KEYS), "an API key leaked into Ansible's output"
     assert _main_pid(live, "alpha") == alpha
     assert _main_pid(live, "beta") not in (beta, "0", "")
     assert _recap_changed(res.stdout) == 2, res.stdout[-4000:]  # beta's env file, beta's restart
