@@ -7,7 +7,7 @@ import json
 import re
 import time
 
-from conftest import curl, recap_changed, run_playbook
+from conftest import curl, run_playbook
 
 UNIT = "hf-proxy.service"
 UPSTREAM_UNITS = ("vllm@main.service", "textgen-standin-upstream.service")
@@ -89,10 +89,8 @@ def test_config_change_restarts_the_proxy_and_never_vllm(host, proxy_port):
     assert 'log_level = "debug"' in host.file("/etc/hf-proxy/config.toml").content_string
     r = run_playbook(host, "hf_proxy.yml", {})
     assert r.returncode == 0, r.stdout[-3000:]
-    pid = main_pid(host, UNIT)
-    r = run_playbook(host, "hf_proxy.yml", {})
-    assert r.returncode == 0 and recap_changed(r.stdout) == 0, r.stdout[-3000:]
-    assert main_pid(host, UNIT) == pid
+    for u in upstream:
+        assert main_pid(host, u) == before[u], u
     for _ in range(30):
         if curl(host, f"http://127.0.0.1:{proxy_port}/health")[0] == 200:
             break

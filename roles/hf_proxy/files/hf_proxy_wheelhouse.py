@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Build the offline wheelhouse of the hf-proxy package on the controller (selfhost.textgen.hf_proxy).
 
 The target never reaches a package index: this script builds the hf-proxy wheel from the collection's
