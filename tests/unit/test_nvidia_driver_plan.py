@@ -569,15 +569,29 @@ def test_branch_change_releases_old_holds(tmp_path):
                     "nvidia-utils-570-server hold installed",
                     "nvidia-dkms-570-server-open hold installed",
                     "libnvidia-container1 hold installed",
+                    "nvidia-firmware-570-server-570.211.01 install installed",
                     "vim hold installed",
                     "nvidia-utils-580-server install installed",
                 )
             },
             "_nvidia_driver_policy": {"stdout": (APT / "noble-policy.txt").read_text()},
         },
-        {"stale": "_nvidia_driver_stale_holds", "held": "_nvidia_driver_held"},
+        {
+            "stale": "_nvidia_driver_stale_holds",
+            "held": "_nvidia_driver_held",
+            "replaced": "_nvidia_driver_old_branch_packages",
+            "old": "_nvidia_driver_old_branches",
+        },
         set_facts={"_nvidia_driver_kmod": "open", "_nvidia_driver_plan": "{{ _nvidia_driver_plan_apt }}"},
     )
+    assert r["old"] == ["570"], r
+    # What apt's conflicts may leave behind (here everything, as nothing ran): the old branch only.
+    assert r["replaced"] == [
+        "nvidia-headless-no-dkms-570-server-open",
+        "nvidia-utils-570-server",
+        "nvidia-dkms-570-server-open",
+        "nvidia-firmware-570-server-570.211.01",
+    ], r
     # Only NVIDIA driver packages outside the new plan; the admin's own holds stay.
     assert sorted(r["stale"]) == [
         "nvidia-dkms-570-server-open",
