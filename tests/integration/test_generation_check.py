@@ -139,15 +139,17 @@ def test_tgi_mode_timing_against_a_synthetic_tgi_stream():
     with ServerProcess(port(), "--ttft", "0.2", "--interval", "0.02") as srv:
         rc, res, out = ansible_module(
             "generation_check",
-            {"url": srv.url, "api": "tgi", "num_requests": 16, "concurrency": 8, "max_new_tokens": 10},
+            {"url": srv.url, "api": "tgi", "num_requests": 16, "concurrency": 8, "max_new_tokens": 30},
         )
     assert rc == 0, out
     m = res["metrics"]
     assert res["model"] == "synthetic/tgi"  # from GET /info
-    assert m["completed"] == 16 and m["total_output_tokens"] == 160
-    assert 195 <= m["ttft_ms"]["p50"] <= 320
-    assert 17 <= m["tpot_ms"]["p50"] <= 30
-    assert 17 <= m["itl_ms"]["p50"] <= 30
+    assert m["completed"] == 16 and m["total_output_tokens"] == 16 * 30
+    # never before the server sent it; far below the ~780 ms end of the stream (slack for busy hosts)
+    assert 195 <= m["ttft_ms"]["p50"] <= 500
+    assert 17 <= m["tpot_ms"]["p50"] <= 35
+    assert 17 <= m["itl_ms"]["p50"] <= 35
+    assert m["e2e_ms"]["p50"] >= 200 + 29 * 20 - 5
     assert res["workload"]["mean_prompt_tokens"] == round(128 / 1.3)  # details.input_length
     assert res["server_metrics"]["available"] is False  # no vLLM metrics behind it
 
@@ -250,7 +252,7 @@ def test_first_token_that_never_comes_stops_at_timeout_with_partial_metrics():
             )
         )
         elapsed = time.monotonic() - t0
-        assert elapsed < 4.0
+        assert elapsed < 5.0
         assert r["timed_out"] is True
         assert r["failure"] == "timed out after timeout_s=3 s during load"
         m = r["metrics"]
@@ -348,7 +350,7 @@ def test_duration_and_poisson_rate():
             )
         )
         # 30 arrivals at 30/s: about one second (Poisson, fixed seed)
-        assert 0.4 < r["metrics"]["duration_s"] < 2.5
+        assert 0.4 < r["metrics"]["duration_s"] < 4.0
         assert r["metrics"]["completed"] == 30
 
 
