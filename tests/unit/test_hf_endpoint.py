@@ -376,7 +376,7 @@ def test_fetch_model_parameters_from_safetensors_metadata(server):
         "meta-llama/Llama-3.1-8B-Instruct", "0e9e39f249a16976918f6564b8830bc894c89659", TOKEN, hub_url=server
     )
     assert n == 8030261248
-    path, _ = _Handler.seen[-1]
+    path = _Handler.seen[-1][0]
     assert path == (
         "/api/models/meta-llama/Llama-3.1-8B-Instruct/revision/0e9e39f249a16976918f6564b8830bc894c89659"
         "?expand[]=safetensors"
@@ -403,6 +403,7 @@ def run_module(tmp_path, monkeypatch):
             [sys.executable, "-m", "ansible_collections.selfhost.textgen.plugins.modules.hf_endpoint_info"],
             input=json.dumps({"ANSIBLE_MODULE_ARGS": args}),
             capture_output=True,
+            check=False,
             text=True,
             env=env,
             timeout=60,
