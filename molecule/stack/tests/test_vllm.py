@@ -272,6 +272,30 @@ def test_bad_variables_fail_in_preflight_naming_them(live, extra, expected):
     assert {n: _main_pid(host, n) for n in INSTANCES} == before
 
 
+def test_failed_hub_download_names_model_and_token_and_changes_nothing(live):
+    """The hub is unreachable from the test bed, so a model id cannot download: the play must stop
+    before any config changes, name the model and vllm_hf_token, and leave no token behind."""
+    host = live
+    token = "hf_selfhostTestToken0123456789"
+    before = {n: _main_pid(host, n) for n in INSTANCES}
+    extra = {
+        "vllm_model_controller_dir": "",
+        "vllm_model": "selfhost-test/no-such-model",
+        "vllm_hf_token": token,
+    }
+    res = _playbook(host, "-e", json.dumps(extra))
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    flat = re.sub(r"\s+", " ", out)
+    assert "Downloading the model 'selfhost-test/no-such-model'" in flat, out[-3000:]
+    assert "vllm_hf_token" in flat
+    assert token not in out and not any(key in out for key in KEYS)
+    assert not host.file("/var/lib/vllm/.hf-download-token").exists
+    assert host.run("ls /var/lib/vllm/hf/.textgen/ 2>/dev/null | grep -q no-such-model").rc != 0
+    assert "model: /var/lib/vllm/models/tiny-model" in host.file("/etc/vllm/alpha.yaml").content_string
+    assert {n: _main_pid(host, n) for n in INSTANCES} == before
+
+
 def test_changing_one_instance_restarts_only_that_one(live):
     """Change beta's environment: beta restarts and serves again (the play checks it), alpha keeps its
     process. Runs last; the scenario's next converge puts beta's setting back."""
