@@ -2,12 +2,12 @@
 # The embedded demo: a local systemd container `textgen-demo` (same settings as the Molecule targets)
 # deployed with playbooks/site.yml and inventories/local, then one measured generation.
 # Usage: demo.sh up|down     (make demo / make demo-clean; `make demo` fills images and wheelhouse first)
-# Env: TEXTGEN_DEMO_PORT (host port on 127.0.0.1, default 18000).
+# The endpoint is reached from this host on the container's address on Docker's bridge (host-local);
+# publishing to 127.0.0.1 needs docker-proxy, which is not reliable on every host of this kind.
 set -euo pipefail
 top=$(cd "$(dirname "$0")/../.." && pwd)
 name=textgen-demo
 image=textgen-testbed:bookworm
-port="${TEXTGEN_DEMO_PORT:-18000}"
 state="$top/.build/demo"
 export PATH="$top/.venv/bin:$PATH"
 export ANSIBLE_COLLECTIONS_PATH="${ANSIBLE_COLLECTIONS_PATH:-$top/.build/collections}"
@@ -30,11 +30,11 @@ container() {
     exit 1
   fi
   if ! docker container inspect "$name" >/dev/null 2>&1; then
-    echo "demo: creating the systemd container $name (port 127.0.0.1:$port -> 8000)"
+    echo "demo: creating the systemd container $name"
     docker run -d --name "$name" --hostname "$name" \
       --cap-add SYS_ADMIN --security-opt seccomp=unconfined --cgroupns host \
       -v /sys/fs/cgroup:/sys/fs/cgroup:rw --tmpfs /run --tmpfs /run/lock --shm-size 1g \
-      --stop-signal SIGRTMIN+3 -p "127.0.0.1:$port:8000" \
+      --stop-signal SIGRTMIN+3 \
       "$image" /lib/systemd/systemd >/dev/null
   elif [ "$(docker container inspect -f '{{.State.Running}}' "$name")" != true ]; then
     docker start "$name" >/dev/null
@@ -64,12 +64,14 @@ up() {
   ansible-playbook -i "$top/inventories/local" "$top/playbooks/site.yml" -e "@$state/secrets.yml" | tee "$state/playbook.log"
   t1=$(date +%s)
   echo "demo: playbook took $((t1 - t0)) s"
-  python3 - "$port" "$state/secrets.yml" <<'PY'
+  local ip
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
+  python3 - "$ip" "$state/secrets.yml" <<'PY'
 import json, re, sys, time, urllib.request
 
-port, secrets = sys.argv[1], sys.argv[2]
+ip, secrets = sys.argv[1], sys.argv[2]
 key = re.search(r'vllm_api_key: "(.*)"', open(secrets).read()).group(1)
-url = f"http://127.0.0.1:{port}"
+url = f"http://{ip}:8000"
 body = {"model": "tiny", "prompt": "hello world", "max_tokens": 128, "temperature": 0, "ignore_eos": True}
 req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
                              headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
@@ -80,7 +82,7 @@ dt = time.perf_counter() - t
 n = out["usage"]["completion_tokens"]
 print(f"""
 ==================================================================================================
- vLLM (CPU build, tiny random-weight model) serves at {url}  (model name: tiny)
+ vLLM (CPU build, tiny random-weight model) in the container {ip}: {url}  (model name: tiny)
  The API key is in {secrets} (mode 0600). From this host:
 
    curl -s {url}/v1/completions -H "Authorization: Bearer $(sed -n 's/^vllm_api_key: "\\(.*\\)"/\\1/p' {secrets})" \\
