@@ -111,8 +111,8 @@ def converge(tmp: Path) -> None:
                         "nginx_burst_per_token": 1000000,
                         "nginx_rate_per_address": "1000000r/s",
                         "nginx_burst_per_address": 1000000,
-                        "nginx_connections_per_address": 100000,
-                        "nginx_connections_per_token": 100000,
+                        "nginx_connections_per_address": 60000,
+                        "nginx_connections_per_token": 60000,
                     },
                 }
             }
