@@ -80,7 +80,7 @@ sanity: $(SANITY_VENV)/.installed $(ANSIBLE_TEST_CACHE)/get_pip_$(subst .,_,$(AN
 	git init -q . && git add -A
 	PATH=$(SANITY_VENV)/bin:$$PATH $(SANITY_VENV)/bin/ansible-test sanity --python 3.11 --color no
 
-unit: venv
+unit: venv collection
 	$(BIN)/pytest -q tests/unit $(wildcard proxy/tests/unit)
 
 integration: venv tiny-model
