@@ -4,34 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-_COLL = Path(__file__).resolve().parents[2] / ".build" / "collections"
-_LINK = _COLL / "ansible_collections" / "selfhost" / "textgen"
-if not _LINK.exists():
-    _LINK.parent.mkdir(parents=True, exist_ok=True)
-    _LINK.symlink_to(Path(__file__).resolve().parents[2])
-if str(_COLL) not in sys.path:
-    sys.path.insert(0, str(_COLL))
-
-from ansible_collections.selfhost.textgen.plugins.module_utils import _http  # noqa: E402
-from ansible_collections.selfhost.textgen.plugins.module_utils._http import (  # noqa: E402
+from ansible_collections.selfhost.textgen.plugins.module_utils import _http
+from ansible_collections.selfhost.textgen.plugins.module_utils._http import (
     Connection,
     Endpoint,
     HTTPClientError,
     ResponseHandler,
 )
-from ansible_collections.selfhost.textgen.plugins.module_utils._loadgen import (  # noqa: E402
+from ansible_collections.selfhost.textgen.plugins.module_utils._loadgen import (
     StreamHandler,
     generate_prompts,
     http_error_text,
     load_prompts,
 )
-from ansible_collections.selfhost.textgen.plugins.module_utils._sse import StreamError  # noqa: E402
-from ansible_collections.selfhost.textgen.plugins.module_utils._stats import RequestRecord  # noqa: E402
+from ansible_collections.selfhost.textgen.plugins.module_utils._sse import StreamError
+from ansible_collections.selfhost.textgen.plugins.module_utils._stats import RequestRecord
 
 
 class FakeTransport:

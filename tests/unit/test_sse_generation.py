@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-_COLL = Path(__file__).resolve().parents[2] / ".build" / "collections"
-_LINK = _COLL / "ansible_collections" / "selfhost" / "textgen"
-if not _LINK.exists():
-    _LINK.parent.mkdir(parents=True, exist_ok=True)
-    _LINK.symlink_to(Path(__file__).resolve().parents[2])
-if str(_COLL) not in sys.path:
-    sys.path.insert(0, str(_COLL))
-
-from ansible_collections.selfhost.textgen.plugins.module_utils._sse import (  # noqa: E402
+from ansible_collections.selfhost.textgen.plugins.module_utils._sse import (
     DONE,
     INFO,
     SKIP,
