@@ -95,7 +95,7 @@ def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while not _healthy(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
