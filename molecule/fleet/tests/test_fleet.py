@@ -26,8 +26,8 @@ INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 TOKEN = "fleet-test-token-loadgen-0123456789abcdef"
 GPUS = ["fleet-gpu1", "fleet-gpu2"]
 UPSTREAMS = "/etc/nginx/textgen/upstreams.conf"
-GOOD = {"vllm_max_num_seqs": 24}
-BAD = {"vllm_max_num_seqs": 24, "vllm_max_model_len": 64}  # the gate's ~100-token prompts no longer fit
+GOOD = {"vllm_max_num_seqs": 20}
+BAD = {"vllm_max_num_seqs": 20, "vllm_max_model_len": 64}  # the gate's ~100-token prompts no longer fit
 
 
 def target(name: str):
@@ -165,7 +165,7 @@ def address() -> str:
 def test_rollout_under_load_fails_no_request(address):
     before = {h: invocation(h) for h in GPUS}
     for h in GPUS:
-        assert "max-num-seqs: 24" not in vllm_config(h)
+        assert "max-num-seqs: 20" not in vllm_config(h)
     with LoadGenerator(address) as load:
         rc, out, took = rollout(GOOD)
     print(f"load during the rollout: {load.ok} succeeded, {len(load.failures)} failed; rollout {took:.0f} s")
@@ -173,7 +173,7 @@ def test_rollout_under_load_fails_no_request(address):
     assert load.failures == [], load.failures[:20]
     assert load.ok >= 20, f"the load generator sent too little to mean anything ({load.ok})"
     for h in GPUS:
-        assert "max-num-seqs: 24" in vllm_config(h), f"{h} was not updated"
+        assert "max-num-seqs: 20" in vllm_config(h), f"{h} was not updated"
         assert invocation(h) != before[h], f"vLLM on {h} was not restarted"
         assert not lb_line(h).rstrip().split("#")[0].rstrip().endswith("down;"), f"{h} left drained"
     assert out.count("passed the gate") == 2
