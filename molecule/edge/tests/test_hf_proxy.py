@@ -81,7 +81,8 @@ def test_config_change_restarts_the_proxy_and_never_vllm(host, proxy_port):
     upstream = [u for u in UPSTREAM_UNITS if host.service(u).is_running]
     assert upstream, "no upstream unit running"
     before = {u: main_pid(host, u) for u in [UNIT, *upstream]}
-    level = "warning" if 'log_level = "debug"' in host.file("/etc/hf-proxy/config.toml").content_string else "debug"
+    config = host.file("/etc/hf-proxy/config.toml").content_string
+    level = "warning" if 'log_level = "debug"' in config else "debug"
     r = run_playbook(host, "hf_proxy.yml", {"hf_proxy_log_level": level})
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert main_pid(host, UNIT) != before[UNIT]
