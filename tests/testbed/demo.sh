@@ -57,7 +57,8 @@ up() {
   container
   mkdir -p "$state" && chmod 700 "$state"
   if [ ! -s "$state/secrets.yml" ]; then
-    (umask 077 && printf 'vllm_api_key: "%s"\n' "$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')" >"$state/secrets.yml")
+    (umask 077 && python3 -c 'import secrets; t = lambda: secrets.token_urlsafe(32)
+print(f"vllm_api_key: \"{t()}\"\nnginx_tokens:\n  - id: demo\n    token: \"{t()}\"")' >"$state/secrets.yml")
   fi
   local t0 t1
   t0=$(date +%s)
@@ -67,30 +68,36 @@ up() {
   local ip
   ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
   python3 - "$ip" "$state/secrets.yml" <<'PY'
-import json, re, sys, time, urllib.request
+import json, re, ssl, sys, time, urllib.request
 
 ip, secrets = sys.argv[1], sys.argv[2]
-key = re.search(r'vllm_api_key: "(.*)"', open(secrets).read()).group(1)
-url = f"http://{ip}:8000"
-body = {"model": "tiny", "prompt": "hello world", "max_tokens": 128, "temperature": 0, "ignore_eos": True}
-req = urllib.request.Request(url + "/v1/completions", data=json.dumps(body).encode(),
-                             headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+token = re.search(r'token: "(.*)"', open(secrets).read()).group(1)
+url = f"https://{ip}"
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # the demo's certificate is self-signed
+body = {"inputs": "hello world", "parameters": {"max_new_tokens": 128, "details": True}}
+req = urllib.request.Request(url + "/generate", data=json.dumps(body).encode(),
+                             headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
 t = time.perf_counter()
-with urllib.request.urlopen(req, timeout=120) as r:
+with urllib.request.urlopen(req, timeout=300, context=ctx) as r:
     out = json.loads(r.read())
 dt = time.perf_counter() - t
-n = out["usage"]["completion_tokens"]
+n = out["details"]["generated_tokens"]
 print(f"""
 ==================================================================================================
- vLLM (CPU build, tiny random-weight model) in the container {ip}: {url}  (model name: tiny)
- The API key is in {secrets} (mode 0600). From this host:
+ The endpoint (nginx -> hf-proxy -> vLLM CPU build, tiny random-weight model): {url}
+ TGI API as on HF Inference Endpoints. The bearer token is in {secrets} (mode 0600). From this host:
 
-   curl -s {url}/v1/completions -H "Authorization: Bearer $(sed -n 's/^vllm_api_key: "\\(.*\\)"/\\1/p' {secrets})" \\
-        -H 'Content-Type: application/json' -d '{{"model": "tiny", "prompt": "hello world", "max_tokens": 16}}'
+   curl -sk {url}/generate -H "Authorization: Bearer $(sed -n 's/^ *token: "\\(.*\\)"/\\1/p' {secrets})" \\
+        -H 'Content-Type: application/json' -d '{{"inputs": "hello world", "parameters": {{"max_new_tokens": 16}}}}'
+
+   or: InferenceClient("{url}", token=TOKEN).text_generation("hello world")  (trust or skip the cert)
 
  One measured generation: {n} tokens in {dt:.3f} s = {n / dt:.1f} tokens/s
-   (single request, greedy, ignore_eos, measured here end to end over HTTP)
- Text (random weights, so it is noise): {out["choices"][0]["text"][:60]!r}...
+   (single request through nginx and the proxy, measured here end to end over HTTPS;
+    finish reason {out["details"]["finish_reason"]})
+ Text (random weights, so it is noise): {out["generated_text"][:60]!r}...
  Remove it: make demo-clean
 ==================================================================================================""")
 PY
