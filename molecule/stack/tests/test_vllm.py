@@ -218,7 +218,7 @@ def test_not_reachable_from_outside_the_host(live):
         assert f"0.0.0.0:{inst['port']}" not in ss
 
 
-# --- Re-runs of playbooks/site.yml against the live host -------------------------------------------
+# --- Re-runs of the scenario's converge (the vLLM layer of playbooks/site.yml) against the live host ---
 
 
 def _playbook(host, *extra: str) -> subprocess.CompletedProcess:
@@ -228,7 +228,7 @@ def _playbook(host, *extra: str) -> subprocess.CompletedProcess:
         os.environ["MOLECULE_INVENTORY_FILE"],
         "--limit",
         host.backend.get_hostname(),
-        str(ROOT / "playbooks/site.yml"),
+        str(ROOT / "molecule/stack/converge.yml"),
         *extra,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=os.environ.copy())
