@@ -30,45 +30,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL_DIR = ROOT / ".build" / "tiny-model"
-SERVED = "tiny"
+sys.path.insert(0, str(ROOT / "tests" / "testbed"))
+
+import host_vllm  # noqa: E402
+
+MODEL_DIR = host_vllm.MODEL_DIR
+SERVED = host_vllm.SERVED_NAME
 TOLERANCE = 0.10
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def free_port(start: int = 19050) -> int:
-    for p in range(start, 19100):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                continue
-            return p
-    raise RuntimeError("no free port in 19050-19099")
-
-
-def vllm_venv() -> str:
-    out = subprocess.run(
-        ["bash", str(ROOT / "tests/testbed/host-vllm.sh")], check=True, capture_output=True, text=True
-    )
-    return out.stdout.strip().splitlines()[-1]
 
 
 def cpus() -> tuple[int | None, int | None]:
@@ -87,40 +63,6 @@ def _server_priority(cpu: int | None) -> None:
         os.sched_setaffinity(0, {cpu})
     with contextlib.suppress(OSError):
         os.nice(-10)
-
-
-def start_vllm(venv: str, work: Path, cpu: int | None) -> tuple[subprocess.Popen, str]:
-    if not (MODEL_DIR / "model.safetensors").exists():
-        subprocess.run([sys.executable, str(ROOT / "tests/tiny_model/build.py"), str(MODEL_DIR)], check=True)
-    port = free_port()
-    env = dict(
-        os.environ,
-        VLLM_CPU_KVCACHE_SPACE="1",
-        HF_HUB_OFFLINE="1",
-        VLLM_NO_USAGE_STATS="1",
-        DO_NOT_TRACK="1",
-        VLLM_CACHE_ROOT=str(work / "vllm-cache"),
-        TORCHINDUCTOR_CACHE_DIR=str(work / "inductor"),
-        XDG_CACHE_HOME=str(work / "xdg"),
-    )
-    log = (work / "vllm.log").open("w")
-    proc = subprocess.Popen(
-        [
-            f"{venv}/bin/python", "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(MODEL_DIR), "--served-model-name", SERVED,
-            "--max-model-len", "512", "--dtype", "float32", "--enforce-eager",
-            "--host", "127.0.0.1", "--port", str(port),
-        ],
-        env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=lambda: _server_priority(cpu),
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while not healthy(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            sys.exit("vLLM did not become healthy:\n" + (work / "vllm.log").read_text()[-3000:])
-        time.sleep(1)
-    return proc, url
 
 
 # ----- inner part: runs in the vLLM venv, both clients in one process ----------------------------
@@ -299,14 +241,19 @@ def main() -> None:
     requests = int(os.environ.get("ACCURACY_REQUESTS", "64"))
     output_len = int(os.environ.get("ACCURACY_OUTPUT_LEN", "64"))
     prompt_tokens = int(os.environ.get("ACCURACY_PROMPT_TOKENS", "160"))
-    venv = vllm_venv()
+    venv = host_vllm.venv()
     client_cpu, server_cpu = cpus()
     with tempfile.TemporaryDirectory(prefix="check-accuracy-") as tmp:
         work = Path(tmp)
         proc = None
         url = os.environ.get("TEXTGEN_VLLM_URL", "").rstrip("/")
         if not url:
-            proc, url = start_vllm(venv, work, server_cpu)
+            try:
+                proc, url = host_vllm.start(
+                    work, timeout_s=300, preexec_fn=lambda: _server_priority(server_cpu)
+                )
+            except host_vllm.VllmStartError as e:
+                sys.exit(str(e))
             if server_cpu is not None:
                 print(f"vLLM pinned to CPU {server_cpu}, both clients to CPU {client_cpu}")
         else:
@@ -336,11 +283,7 @@ def main() -> None:
             ).returncode  # fmt: skip
         finally:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+                host_vllm.stop(proc)
     sys.exit(rc)
 
 

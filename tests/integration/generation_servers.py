@@ -1,14 +1,11 @@
-"""Small streaming servers of our own for the generation_check / generation_compare tests.
+"""A small streaming server of our own for the generation_check / generation_compare tests.
 
-SYNTHETIC: nothing here is a model. Two kinds of server, both standard library asyncio:
-
-* ``synthetic``: answers TGI ``/generate_stream`` and OpenAI ``/v1/completions`` /
-  ``/v1/chat/completions`` streams with made-up tokens ("tok0 tok1 ...") at a set pace, and can
-  misbehave on purpose (401 without the token, 5xx after N requests, malformed SSE, a first token
-  that never comes, a connection cut mid-stream, an error event). Also the fast upstream of
-  benchmarks/check_ceiling.py.
-* ``relay``: a TGI-format front (``/generate_stream``, ``/info``) for a real vLLM OpenAI server,
-  translating each completion chunk to a TGI token event, until the collection's proxy exists.
+SYNTHETIC: nothing here is a model. A standard library asyncio server that answers TGI
+``/generate_stream`` and OpenAI ``/v1/completions`` / ``/v1/chat/completions`` streams with made-up
+tokens ("tok0 tok1 ...") at a set pace, and can misbehave on purpose (401 without the token, 5xx
+after N requests, malformed SSE, a first token that never comes, a connection cut mid-stream, an
+error event). Also the fast upstream of benchmarks/check_ceiling.py. (The TGI format in front of the
+real vLLM is the real hf-proxy.)
 
 Run one as a process: ``python generation_servers.py --port 19010 [options]``; it prints
 ``READY <port>`` when it listens. ``GET /stats`` returns the requests it saw (not counted).
@@ -301,7 +298,7 @@ class SyntheticProtocol(asyncio.Protocol):
             await asyncio.sleep(0.5)
 
 
-# ----- relay: TGI format in front of a real vLLM ---------------------------------------------------
+# ----- collection import path ----------------------------------------------------------------
 
 
 def _collection_path() -> None:
@@ -313,143 +310,24 @@ def _collection_path() -> None:
     sys.path.insert(0, str(coll))
 
 
-class RelayProtocol(asyncio.Protocol):
-    """POST /generate_stream -> vLLM POST /v1/completions (stream), one TGI event per chunk."""
-
-    def __init__(self, cfg: argparse.Namespace, pool) -> None:
-        self.cfg, self.pool = cfg, pool
-        self.buf = b""
-        self.transport = None
-
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc) -> None:
-        self.transport = None
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        i = self.buf.find(b"\r\n\r\n")
-        if i < 0:
-            return
-        head = self.buf[:i].decode("latin-1").split("\r\n")
-        headers = {k.strip().lower(): v.strip() for k, _unused, v in (h.partition(":") for h in head[1:])}
-        length = int(headers.get("content-length", "0"))
-        if len(self.buf) < i + 4 + length:
-            return
-        body, self.buf = self.buf[i + 4 : i + 4 + length], self.buf[i + 4 + length :]
-        method, path, _unused = head[0].split(" ", 2)
-        self.task = asyncio.ensure_future(self.handle(method, path, body))
-
-    async def handle(self, method: str, path: str, body: bytes) -> None:
-        from ansible_collections.selfhost.textgen.plugins.module_utils._http import ResponseHandler
-        from ansible_collections.selfhost.textgen.plugins.module_utils._sse import SSEParser
-
-        t = self.transport
-        if method == "GET" and path == "/info":
-            t.write(_response("200 OK", json.dumps({"model_id": self.cfg.model, "router": "relay"}).encode()))
-            return
-        if method != "POST" or path != "/generate_stream":
-            t.write(_response("404 Not Found", b'{"error":"not found"}'))
-            return
-        req = json.loads(body)
-        params = req.get("parameters") or {}
-        sampling = params.get("do_sample") or params.get("temperature") not in (None, 1.0)
-        upstream = {
-            "model": self.cfg.model,
-            "prompt": req["inputs"],
-            "max_tokens": params.get("max_new_tokens", 20),
-            "temperature": params.get("temperature", 1.0) if sampling else 0.0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        if params.get("seed") is not None:
-            upstream["seed"] = params["seed"]
-        writer = self
-
-        class Relay(ResponseHandler):
-            def __init__(self) -> None:
-                super().__init__()
-                self.sse = SSEParser()
-                self.index = 0
-                self.text: list[str] = []
-                self.pending: dict | None = None
-
-            def on_head(self, status, reason, headers, now) -> None:
-                super().on_head(status, reason, headers, now)
-                if status == 200:
-                    t.write(STREAM_HEAD)
-
-            def on_body(self, data, now) -> None:
-                if self.status != 200:
-                    super().on_body(data, now)
-                    return
-                for _unused, payload in self.sse.feed(data):
-                    if payload == "[DONE]":
-                        continue
-                    obj = json.loads(payload)
-                    if obj.get("choices"):
-                        if self.pending is not None:
-                            writer.send_event(self.pending)
-                        self.index += 1
-                        piece = obj["choices"][0].get("text") or ""
-                        self.text.append(piece)
-                        self.pending = {
-                            "index": self.index,
-                            "token": {"id": 0, "text": piece, "logprob": None, "special": False},
-                            "generated_text": None,
-                            "details": None,
-                        }
-                    elif obj.get("usage") and self.pending is not None:
-                        self.pending["generated_text"] = "".join(self.text)
-                        self.pending["details"] = {
-                            "finish_reason": "length",
-                            "generated_tokens": obj["usage"]["completion_tokens"],
-                            "seed": None,
-                            "input_length": obj["usage"]["prompt_tokens"],
-                        }
-                        writer.send_event(self.pending)
-                        self.pending = None
-
-        handler = Relay()
-        await self.pool.request("POST", "/v1/completions", json.dumps(upstream).encode(), handler)
-        if handler.status != 200:
-            t.write(_response(f"{handler.status} Error", bytes(handler.body)))
-        else:
-            t.write(b"0\r\n\r\n")
-
-    def send_event(self, ev: dict) -> None:
-        if self.transport is not None:
-            self.transport.write(_chunk(b"data: " + json.dumps(ev).encode() + b"\n\n"))
-
-
 async def serve(cfg: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
-    if cfg.relay:
-        _collection_path()
-        from ansible_collections.selfhost.textgen.plugins.module_utils._http import Endpoint, Pool
+    if cfg.interval > 0:
+        SyntheticProtocol.ticker = Ticker(cfg.interval)
+    ctx = None
+    if cfg.tls_cert:
+        import ssl
 
-        pool = Pool(Endpoint(cfg.relay))
-        server = await loop.create_server(
-            lambda: RelayProtocol(cfg, pool), "127.0.0.1", cfg.port, backlog=4096
-        )
-    else:
-        if cfg.interval > 0:
-            SyntheticProtocol.ticker = Ticker(cfg.interval)
-        ctx = None
-        if cfg.tls_cert:
-            import ssl
-
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
-        server = await loop.create_server(
-            lambda: SyntheticProtocol(cfg),
-            "127.0.0.1",
-            cfg.port,
-            backlog=4096,
-            ssl=ctx,
-            reuse_port=cfg.workers > 1,
-        )
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    server = await loop.create_server(
+        lambda: SyntheticProtocol(cfg),
+        "127.0.0.1",
+        cfg.port,
+        backlog=4096,
+        ssl=ctx,
+        reuse_port=cfg.workers > 1,
+    )
     port = server.sockets[0].getsockname()[1]
     if _WORKER == 0:
         print(f"READY {port}", flush=True)
@@ -468,8 +346,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--error-after", type=int, help="send an error event in place of token N")
     ap.add_argument("--cut-after", type=int, help="close the connection after N tokens")
     ap.add_argument("--stall-every", type=int, help="every K-th POST never sends a token")
-    ap.add_argument("--relay", help="base URL of a vLLM OpenAI server to put a TGI front on")
-    ap.add_argument("--model", default="tiny", help="model name for --relay")
     ap.add_argument("--cpu", type=int, help="pin this process to one CPU")
     ap.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate (and --tls-key)")
     ap.add_argument("--tls-key")

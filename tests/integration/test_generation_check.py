@@ -1,8 +1,8 @@
 """generation_check against the real CPU vLLM, our TGI-format servers, and servers that misbehave.
 
-The TGI api mode is tested against servers of our own (tests/integration/generation_servers.py:
-a synthetic TGI-format stream, and a TGI-format relay in front of the real vLLM) until the
-collection's proxy exists. Every module call runs both directly and through `ansible`.
+The TGI api mode runs against the collection's real hf-proxy in front of the real vLLM, and against a
+synthetic TGI-format stream (tests/integration/generation_servers.py) where timing or misbehaviour must
+be exact. Every module call runs both directly and through `ansible`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generation_servers import ServerProcess, _collection_path  # noqa: E402
+from proxy_support import start_proxy  # noqa: E402
 
 _collection_path()
 
@@ -154,11 +155,11 @@ def test_tgi_mode_timing_against_a_synthetic_tgi_stream():
     assert res["server_metrics"]["available"] is False  # no vLLM metrics behind it
 
 
-def test_tgi_mode_through_a_tgi_relay_to_vllm(vllm_url):
-    with ServerProcess(port(), "--relay", vllm_url, "--model", "tiny") as relay:
+def test_tgi_mode_through_the_proxy_to_vllm(vllm_url, tmp_path):
+    with start_proxy([vllm_url], log_dir=tmp_path) as proxy:
         r = run_load(
             LoadConfig(
-                url=relay.url,
+                url=proxy.url,
                 api="tgi",
                 prompts=generate_prompts(8, 16),
                 num_requests=8,
@@ -169,6 +170,7 @@ def test_tgi_mode_through_a_tgi_relay_to_vllm(vllm_url):
     assert r["failure"] is None, r["errors"]
     assert r["metrics"]["completed"] == 8
     assert 0 < r["metrics"]["mean_output_tokens"] <= 16
+    assert r["metrics"]["tpot_ms"]["p50"] > 0  # one TGI event per token, as they are generated
     assert r["model"] == "tiny"
 
 

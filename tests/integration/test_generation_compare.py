@@ -1,7 +1,7 @@
 """generation_compare: the real CPU vLLM against itself through another API, and against a stand-in.
 
-The TGI side is our TGI-format relay in front of the same vLLM (generation_servers.py) until the
-collection's proxy exists: greedy answers must then match exactly across the two APIs.
+The TGI side is the collection's hf-proxy in front of the same vLLM: greedy answers must match exactly
+across the two APIs.
 """
 
 from __future__ import annotations
@@ -13,18 +13,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from generation_servers import ServerProcess
+from proxy_support import start_proxy
 from test_generation_check import ansible_module, port
 
 PROMPTS = Path(__file__).resolve().parent / "fixtures" / "prompts_compare.jsonl"
 
 
-def test_same_model_through_tgi_and_openai_matches_exactly(vllm_url):
-    with ServerProcess(port(), "--relay", vllm_url, "--model", "tiny") as relay:
+def test_same_model_through_tgi_and_openai_matches_exactly(vllm_url, tmp_path):
+    with start_proxy([vllm_url], log_dir=tmp_path) as proxy:
         rc, res, out = ansible_module(
             "generation_compare",
             {
                 "baseline": {"url": vllm_url, "api": "openai"},
-                "candidate": {"url": relay.url, "api": "tgi"},
+                "candidate": {"url": proxy.url, "api": "tgi"},
                 "prompts_file": str(PROMPTS),
                 "max_new_tokens": 24,
                 "concurrency": 1,
@@ -42,6 +43,8 @@ def test_same_model_through_tgi_and_openai_matches_exactly(vllm_url):
     assert res["baseline"]["model"] == "tiny" and res["candidate"]["model"] == "tiny"
     assert res["latency"]["ttft_ms"]["baseline"]["p50"] > 0
     assert res["latency"]["ttft_ms"]["candidate"]["p50"] > 0
+    for side in ("baseline", "candidate"):  # tokens streamed one by one on both APIs
+        assert res["latency"]["tpot_ms"][side]["p50"] > 0, res["latency"]["tpot_ms"]
     assert res["msg"] == f"{n} of {n} prompts compared: exact match 1.000, mean similarity 1.000, " + (
         "mean length difference 0.000"
     )

@@ -11,6 +11,7 @@ import random
 import signal
 import socket
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
@@ -297,14 +298,18 @@ class App:
         greq.stream = stream
         if stream:
             return await self.generate_stream(req, greq, compat)
+        return await self._counted(req, self._generate(req, greq, compat))
+
+    async def _counted(self, req: Request, work: Coroutine[Any, Any, None]) -> None:
+        """One request's work, counted in the in-flight gauge; a RequestError becomes its TGI answer."""
+        m = self.metrics
         m.inc("hf_proxy_requests_in_flight")
         try:
-            await self._generate(req, greq, compat)
+            await work
         except RequestError as e:
             self.fail(req, e)
         finally:
             m.inc("hf_proxy_requests_in_flight", -1.0)
-        return None
 
     async def _prepare(self, greq: Any, compat: bool) -> tuple[Any, bytes, float]:
         """Checks in TGI's order, then the vLLM body. Returns (plan, body, validation end)."""
@@ -529,14 +534,7 @@ class App:
         headers = list(self.auth)
         if not headers and "authorization" in req.headers:
             headers.append(("authorization", req.headers["authorization"]))
-        m.inc("hf_proxy_requests_in_flight")
-        try:
-            await self._passthrough(req, body, headers)
-        except RequestError as e:
-            self.fail(req, e)
-        finally:
-            m.inc("hf_proxy_requests_in_flight", -1.0)
-        return None
+        return await self._counted(req, self._passthrough(req, body, headers))
 
     async def _passthrough(self, req: Request, body: bytes, headers: list[tuple[str, str]]) -> None:
         if req.method == "GET":
