@@ -170,7 +170,6 @@ def test_tgi_mode_through_the_proxy_to_vllm(vllm_url, tmp_path):
     assert r["failure"] is None, r["errors"]
     assert r["metrics"]["completed"] == 8
     assert 0 < r["metrics"]["mean_output_tokens"] <= 16
-    assert r["metrics"]["tpot_ms"]["p50"] > 0  # one TGI event per token, as they are generated
     assert r["model"] == "tiny"
 
 
