@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import ssl
 import subprocess
 import sys
@@ -64,9 +63,9 @@ def insecure() -> ssl.SSLContext:
 def vllm_greedy(host: str, prompt: str, n: int) -> str:
     """vLLM's own answer, asked on the target itself (it listens on the host's loopback only)."""
     body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": n, "temperature": 0})
-    out = target(host).check_output(
+    out = target(host).check_output(  # testinfra quotes the arguments
         "curl -sf -H 'Content-Type: application/json' --data-binary %s http://127.0.0.1:8000/v1/completions",
-        shlex.quote(body),
+        body,
     )
     return json.loads(out)["choices"][0]["text"]
 
@@ -180,6 +179,7 @@ def ansible_module(module: str, args: dict) -> tuple[int, dict, str]:
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
         ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
         ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_CALLBACKS_ENABLED="",  # nothing after the JSON document (Molecule enables profile_tasks)
         ANSIBLE_LOCALHOST_WARNING="0",
         ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
     )
@@ -195,7 +195,7 @@ def ansible_module(module: str, args: dict) -> tuple[int, dict, str]:
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
     out = proc.stdout
-    data = json.loads(out[out.find("{") :])
+    data, _end = json.JSONDecoder().raw_decode(out[out.find("{") :])
     return proc.returncode, data["plays"][0]["tasks"][0]["hosts"]["localhost"], out + proc.stderr
 
 
