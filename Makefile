@@ -15,10 +15,8 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Scenarios `make test` runs. `fleet` (a load balancer and two vLLM hosts, rollouts under load) has
-# not yet passed end to end and takes most of an hour on a 2-core host: run it with
-# `make molecule SCENARIO=fleet` until it is fixed and fits CI's time.
-SCENARIOS   ?= stack edge gpu_driver
+# Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`).
+SCENARIOS   ?= stack edge gpu_driver fleet
 SCENARIO    ?=
 
 .PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \

@@ -216,6 +216,7 @@ class LoadConfig:
     greedy: bool = False
     keep_text: bool = False
     server_metrics: bool = True
+    metrics_url: str | None = None  # vLLM's /metrics when not at url (behind a proxy or nginx)
 
 
 class CheckFailed(Exception):
@@ -244,6 +245,15 @@ class LoadGenerator:
             raise ValueError("no prompts")
         self.cfg = cfg
         self.endpoint = Endpoint(cfg.url, cfg.token, cfg.validate_certs, cfg.ca_path)
+        # vLLM's /metrics needs no token: the endpoint's is never sent to a separate metrics URL
+        self.metrics_endpoint = self.endpoint
+        self.metrics_path = "/metrics"
+        if cfg.metrics_url:
+            try:
+                self.metrics_endpoint = Endpoint(cfg.metrics_url, None, cfg.validate_certs, cfg.ca_path)
+            except ValueError as exc:
+                raise ValueError(f"metrics_url: {exc}") from None
+            self.metrics_path = "" if self.metrics_endpoint.base_path else "/metrics"
         self.state = RunState()
 
     # ----- single requests -------------------------------------------------------------------
@@ -295,7 +305,7 @@ class LoadGenerator:
 
     async def read_server_metrics(self, pool: Pool) -> dict | None:
         try:
-            resp = await asyncio.wait_for(pool.get("/metrics", accept="text/plain"), 5)
+            resp = await asyncio.wait_for(pool.get(self.metrics_path, accept="text/plain"), 5)
         except (HTTPClientError, asyncio.TimeoutError, OSError):
             return None
         if resp.status != 200:
@@ -403,7 +413,7 @@ class LoadGenerator:
     async def run(self) -> dict:
         cfg, state = self.cfg, self.state
         pool = Pool(self.endpoint, connect_timeout=min(10.0, cfg.timeout_s))
-        side_pool = Pool(self.endpoint, connect_timeout=min(5.0, cfg.timeout_s))
+        side_pool = Pool(self.metrics_endpoint, connect_timeout=min(5.0, cfg.timeout_s))
         failure = None
         timed_out = False
         started = time.perf_counter()

@@ -77,6 +77,15 @@ options:
     description:
       - PEM file of CA certificates to verify the server with, instead of the system's.
     type: path
+  metrics_url:
+    description:
+      - URL of the vLLM server's Prometheus metrics, read before, during and after the run
+        (RV(server_metrics)), for an O(url) whose own C(/metrics) is not vLLM's, such as the proxy of this
+        collection or nginx in front of it. For example C(http://127.0.0.1:8000/metrics) when the module
+        runs on the GPU host.
+      - Default is O(url) with C(/metrics). O(token) is never sent there (vLLM serves its metrics without
+        one); O(validate_certs) and O(ca_path) apply.
+    type: str
   concurrency:
     description:
       - Most requests in flight at a time.
@@ -436,6 +445,7 @@ def main() -> None:
             token=dict(type="str", no_log=True),
             validate_certs=dict(type="bool", default=True),
             ca_path=dict(type="path"),
+            metrics_url=dict(type="str"),
             concurrency=dict(type="int", default=8),
             request_rate=dict(type="float"),
             num_requests=dict(type="int"),
@@ -485,6 +495,7 @@ def main() -> None:
             token=p["token"],
             validate_certs=p["validate_certs"],
             ca_path=p["ca_path"],
+            metrics_url=p["metrics_url"],
             concurrency=p["concurrency"],
             request_rate=p["request_rate"],
             num_requests=None if p["duration_s"] is not None else (p["num_requests"] or 64),

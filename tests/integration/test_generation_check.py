@@ -156,21 +156,33 @@ def test_tgi_mode_timing_against_a_synthetic_tgi_stream():
 
 
 def test_tgi_mode_through_the_proxy_to_vllm(vllm_url, tmp_path):
+    def load(**kw: str) -> dict:
+        cfg = LoadConfig(
+            url=proxy.url, api="tgi", prompts=generate_prompts(8, 16), num_requests=8, concurrency=4,
+            max_new_tokens=16, **kw,
+        )  # fmt: skip
+        return run_load(cfg)
+
     with start_proxy([vllm_url], log_dir=tmp_path) as proxy:
-        r = run_load(
-            LoadConfig(
-                url=proxy.url,
-                api="tgi",
-                prompts=generate_prompts(8, 16),
-                num_requests=8,
-                concurrency=4,
-                max_new_tokens=16,
-            )
-        )
+        r = load()
+        # the proxy's /metrics is its own (TGI names): vLLM's are read where metrics_url points
+        r_vllm = load(metrics_url=vllm_url + "/metrics")
     assert r["failure"] is None, r["errors"]
     assert r["metrics"]["completed"] == 8
     assert 0 < r["metrics"]["mean_output_tokens"] <= 16
     assert r["model"] == "tiny"
+    assert r["server_metrics"]["available"] is False
+    sm = r_vllm["server_metrics"]
+    assert r_vllm["failure"] is None and sm["available"] is True
+    assert sm["delta"]["generation_tokens_total"] == 9 * 16  # 8 measured + 1 warm-up, fixed length
+
+
+def test_a_bad_metrics_url_is_named():
+    rc, res, _unused = ansible_module(
+        "generation_check", {"url": "http://127.0.0.1:1", "metrics_url": "ftp://x/metrics"}
+    )
+    assert rc != 0
+    assert res["msg"].startswith("metrics_url: url must be an http:// or https:// URL"), res["msg"]
 
 
 def test_unreachable_endpoint_fails_fast_and_clearly():
