@@ -50,7 +50,14 @@ async def conn_loop(port, tls, req, deadline, lat, statuses):
     while time.monotonic() < deadline:
         t = time.perf_counter()
         writer.write(req)
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionResetError):
+            # the server ended this keep-alive connection (nginx: keepalive_requests): open a new one
+            writer.close()
+            reader, writer = await asyncio.open_connection(host, port, ssl=ctx)
+            statuses["reconnects"] = statuses.get("reconnects", 0) + 1
+            continue
         lines = head.split(b"\r\n")
         status = int(lines[0].split()[1])
         length = 0
@@ -82,7 +89,10 @@ asyncio.run(main())
 
 
 def sh(*cmd: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+    r = subprocess.run(cmd, check=False, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+    if check and r.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} ... failed ({r.returncode}):\n{(r.stdout + r.stderr)[-3000:]}")
+    return r
 
 
 def start_target() -> None:
