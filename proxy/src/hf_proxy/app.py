@@ -156,7 +156,7 @@ class App:
             if path in ("/health", "/", "/ping"):
                 return await self.health(req)
             if path == "/info":
-                return self.info(req)
+                return await self.info(req)
             if path == "/metrics":
                 return self.metrics_route(req)
             if path == "/v1/models":
@@ -187,8 +187,11 @@ class App:
         else:
             self.fail(req, UNHEALTHY, count=False)
 
-    def info(self, req: Request) -> None:
+    async def info(self, req: Request) -> None:
         m = self.balancer.model
+        if m is None and await self.balancer.recheck():
+            # this worker process has not met the served model yet (each keeps its own view): ask now
+            m = self.balancer.model
         lim = self.limits
         model_id = self.s.model_id or (m.name if m else self.s.served_model) or "unknown"
         body = {
