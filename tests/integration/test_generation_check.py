@@ -47,8 +47,9 @@ def port() -> int:
     raise RuntimeError("no free port in 19010-19099")
 
 
-def ansible_module(module: str, args: dict, check: bool = False, verbose: bool = False):
-    """Run one module through the `ansible` CLI on localhost; return (rc, result, stdout)."""
+def ansible_module(module: str, args: dict, check: bool = False, verbose: bool = False, timeout: float = 600):
+    """Run one module through the `ansible` CLI on localhost; return (rc, result, stdout).
+    Also used by the fleet scenario's verify (molecule/fleet/tests/test_chain.py)."""
     env = dict(
         os.environ,
         ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
@@ -71,10 +72,10 @@ def ansible_module(module: str, args: dict, check: bool = False, verbose: bool =
         cmd.append("--check")
     if verbose:
         cmd.append("-vvv")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     out = proc.stdout
-    start = out.find("{")
-    data = json.loads(out[start:])
+    # the JSON document alone: under Molecule, its profile_tasks callback prints after it
+    data, _end = json.JSONDecoder().raw_decode(out[out.find("{") :])
     result = data["plays"][0]["tasks"][0]["hosts"]["localhost"]
     return proc.returncode, result, out + proc.stderr
 

@@ -22,6 +22,9 @@ import testinfra
 
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+
+from test_generation_check import ansible_module  # noqa: E402  (the integration tests' helper)
+
 INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
 CA = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"]) / "tls" / "ca.crt"
 TOKEN = "fleet-test-token-chain-0123456789abcdef"
@@ -176,32 +179,6 @@ def test_openai_client_on_v1_with_the_token(gpu2):
         assert "".join(c.choices[0].text for c in chunks if c.choices) == r.choices[0].text
 
 
-def ansible_module(module: str, args: dict) -> tuple[int, dict, str]:
-    env = dict(
-        os.environ,
-        ANSIBLE_COLLECTIONS_PATH=str(ROOT / ".build" / "collections"),
-        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
-        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
-        ANSIBLE_LOCALHOST_WARNING="0",
-        ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
-    )
-    cmd = [
-        str(Path(sys.executable).parent / "ansible"),
-        "localhost",
-        "-e",
-        f"ansible_python_interpreter={sys.executable}",
-        "-m",
-        f"selfhost.textgen.{module}",
-        "-a",
-        json.dumps(args),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False)
-    out = proc.stdout
-    # the JSON document, without what Molecule's profile_tasks callback prints after it
-    data, _end = json.JSONDecoder().raw_decode(out[out.find("{") :])
-    return proc.returncode, data["plays"][0]["tasks"][0]["hosts"]["localhost"], out + proc.stderr
-
-
 def test_generation_check_through_nginx_with_the_users_certificate(gpu2):
     rc, res, out = ansible_module(
         "generation_check",
@@ -217,6 +194,7 @@ def test_generation_check_through_nginx_with_the_users_certificate(gpu2):
             "timeout_s": 600,
             "min_success_ratio": 1.0,
         },
+        timeout=900,
     )
     assert rc == 0, out[-3000:]
     m = res["metrics"]
@@ -240,6 +218,7 @@ def test_generation_compare_old_api_against_new_front_door(gpu1, gpu2):
             "timeout_s": 600,
             "min_exact_match_ratio": 1.0,
         },
+        timeout=900,
     )
     assert rc == 0, out[-3000:]
     c = res["comparison"]
