@@ -188,10 +188,7 @@ class App:
             self.fail(req, UNHEALTHY, count=False)
 
     async def info(self, req: Request) -> None:
-        m = self.balancer.model
-        if m is None and await self.balancer.recheck():
-            # this worker process has not met the served model yet (each keeps its own view): ask now
-            m = self.balancer.model
+        m = await self.balancer.known_model()
         lim = self.limits
         model_id = self.s.model_id or (m.name if m else self.s.served_model) or "unknown"
         body = {
@@ -318,9 +315,7 @@ class App:
         """Checks in TGI's order, then the vLLM body. Returns (plan, body, validation end)."""
         if self.metrics.total("hf_proxy_requests_in_flight") > self.s.max_concurrent_requests:
             raise OVERLOADED
-        model = self.balancer.model
-        if model is None and await self.balancer.recheck():
-            model = self.balancer.model
+        model = await self.balancer.known_model()
         if model is None:
             raise UNHEALTHY
         lim = self.limits

@@ -120,6 +120,13 @@ class Balancer:
             self.on_model(info)
         self.ready.set()
 
+    async def known_model(self) -> ModelInfo | None:
+        """The served model; when this worker process has not met it yet (each keeps its own view),
+        probe the upstreams first."""
+        if self.model is None:
+            await self.recheck()
+        return self.model
+
     async def recheck(self) -> bool:
         """With no upstream healthy: probe them all now instead of waiting for the next round (each
         worker process keeps its own view). Concurrent callers share one probe."""
