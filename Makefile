@@ -15,8 +15,10 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`).
-SCENARIOS   ?= stack edge gpu_driver fleet
+# Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`), in steps (see
+# tests/testbed/molecule.sh): `stack` beside `edge` then `gpu_driver`, then `fleet` alone (its gates
+# time generation on the CPU).
+SCENARIOS   ?= stack+edge,gpu_driver fleet
 SCENARIO    ?=
 
 .PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \
@@ -109,19 +111,7 @@ tiny-model: venv
 molecule: venv collection tiny-model
 	export TEXTGEN_WHEELHOUSE=$$(bash tests/testbed/wheelhouse.sh | tail -n 1)
 	export TEXTGEN_TINY_MODEL=$(BUILD)/tiny-model
-	noble=1; docker image inspect textgen-testbed:noble >/dev/null 2>&1 || noble=0
-	for s in $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS)); do
-	  args=()
-	  if [ $$noble -eq 0 ] && grep -qE 'name: [a-z_-]+-noble' molecule/$$s/molecule.yml; then
-	    keep=$$(grep -oE 'name: [a-z_-]+-bookworm' molecule/$$s/molecule.yml | head -n 1 | cut -d' ' -f2)
-	    echo "##### WARNING: no textgen-testbed:noble image (Ubuntu archive unreachable): scenario $$s runs $$keep only; noble is SKIPPED #####"
-	    args=(--platform-name "$$keep")
-	  fi
-	  echo "===== molecule test -s $$s $${args[*]} ====="
-	  start=$$(date +%s)
-	  $(BIN)/molecule test -s $$s "$${args[@]}"
-	  echo "===== molecule test -s $$s: $$(( $$(date +%s) - start )) s ====="
-	done
+	bash tests/testbed/molecule.sh $(if $(SCENARIO),$(SCENARIO),$(SCENARIOS))
 
 docker-up:
 	bash tests/testbed/docker-up.sh

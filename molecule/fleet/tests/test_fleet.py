@@ -201,13 +201,19 @@ def test_bad_canary_stops_the_rollout(address):
 
 
 def test_rollback_is_a_rerun_with_the_old_values(address):
+    before = {h: invocation(h) for h in GPUS}
     with LoadGenerator(address) as load:
-        rc, out, _ = rollout(GOOD)
+        rc, out, took = rollout(GOOD)
+    print(f"load during the rollback: {load.ok} succeeded, {len(load.failures)} failed; rollback {took:.0f} s")
     assert rc == 0, out[-3000:]
     assert load.failures == [], load.failures[:20]
     for h in GPUS:
         assert "max-model-len: 512" in vllm_config(h)
         assert not lb_line(h).split("#")[0].rstrip().endswith("down;")
+    # only the host the bad canary changed restarts; the other one already has these values
+    assert invocation("fleet-gpu1") != before["fleet-gpu1"], "the reverted canary was not restarted"
+    assert invocation("fleet-gpu2") == before["fleet-gpu2"], "an unchanged host was restarted"
+    assert out.count("passed the gate") == 2
 
 
 def test_scale_moves_a_host_to_standby_and_back_without_a_restart(address, tmp_path):
