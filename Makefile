@@ -1,5 +1,6 @@
 # selfhost.textgen: one entry point for set-up, tests and the demo.
-#   make test   install everything needed, then lint, sanity, unit, integration and every Molecule scenario
+#   make test   install everything needed, then lint, sanity and unit (side by side), integration and every
+#               Molecule scenario
 #   make demo   deploy the embedded default (a local systemd target with CPU vLLM and a tiny model)
 SHELL := /bin/bash
 .ONESHELL:
@@ -15,10 +16,10 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_COLLECTIONS_PATH := $(BUILD)/collections
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
-# Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`), in steps (see
-# tests/testbed/molecule.sh): `stack` beside `edge` then `gpu_driver`, then `fleet` alone (its gates
-# time generation on the CPU).
-SCENARIOS   ?= stack+edge,gpu_driver fleet
+# Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`), in lanes side by side (see
+# tests/testbed/molecule.sh): `stack` then `fleet`, beside `edge` then `gpu_driver` (they end while fleet
+# converges, before its rollouts and their timed gates).
+SCENARIOS   ?= stack,fleet+edge,gpu_driver
 SCENARIO    ?=
 
 .PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \
@@ -27,7 +28,7 @@ SCENARIO    ?=
 test: venv collection
 	bash tests/testbed/host-packages.sh
 	status=0
-	$(MAKE) --no-print-directory lint sanity unit || status=$$?
+	$(MAKE) --no-print-directory -j3 --output-sync=target lint sanity unit || status=$$?
 	if [ $$status -eq 0 ]; then
 	  bash tests/testbed/docker-up.sh
 	  $(MAKE) --no-print-directory images wheelhouse integration molecule || status=$$?
