@@ -204,7 +204,7 @@ def test_rollback_is_a_rerun_with_the_old_values(address):
     before = {h: invocation(h) for h in GPUS}
     with LoadGenerator(address) as load:
         rc, out, took = rollout(GOOD)
-    print(f"load during the rollback: {load.ok} succeeded, {len(load.failures)} failed; rollback {took:.0f} s")
+    print(f"load during the rollback: {load.ok} ok, {len(load.failures)} failed; rollback {took:.0f} s")
     assert rc == 0, out[-3000:]
     assert load.failures == [], load.failures[:20]
     for h in GPUS:
