@@ -19,7 +19,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Scenarios `make test` runs (one with `make molecule SCENARIO=NAME`), in lanes side by side (see
 # tests/testbed/molecule.sh): `stack` then `fleet`, beside `edge` then `gpu_driver` (they end while fleet
 # converges, before its rollouts and their timed gates).
-SCENARIOS   ?= stack,fleet+edge,gpu_driver
+SCENARIOS   ?= stack,fleet edge,gpu_driver
 SCENARIO    ?=
 
 .PHONY: test venv collection lint sanity unit integration molecule images wheelhouse tiny-model \

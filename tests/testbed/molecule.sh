@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Run Molecule scenarios, some side by side.
-#   molecule.sh STEP...   each STEP runs after the previous one passed
-#   STEP  = LANE[+LANE...]   lanes of one step run at the same time (their containers are distinct)
-#   LANE  = SCENARIO[,SCENARIO...]   one after the other
-# e.g. `molecule.sh stack+edge,gpu_driver fleet`: stack beside edge-then-gpu_driver, then fleet alone.
-# The first lane of a step writes to stdout as it runs; the others write to a log under
-# $TEXTGEN_STATE_DIR that is printed once the step ends. Exit status: non-zero when any scenario failed.
+# Run Molecule scenarios in lanes side by side (their containers are distinct).
+#   molecule.sh LANE...   LANE = SCENARIO[,SCENARIO...], run one after the other
+# e.g. `molecule.sh stack,fleet edge,gpu_driver`: stack then fleet, beside edge then gpu_driver.
+# The first lane writes to stdout as it runs; the others write to a log under $TEXTGEN_STATE_DIR that is
+# printed once the first lane ends. Exit status: non-zero when any scenario failed.
 # When the noble image is missing (Ubuntu archive unreachable), scenarios with a noble platform run their
 # bookworm platform only, with a loud warning.
 set -euo pipefail
@@ -34,30 +32,28 @@ lane() {
   for s in "${names[@]}"; do scenario "$s" || return 1; done
 }
 
-failed=()
-for step in "$@"; do
-  IFS=+ read -ra lanes <<<"$step"
-  pids=()
-  logs=()
-  for i in "${!lanes[@]}"; do
-    [ "$i" -eq 0 ] && continue
-    logs[i]="$state/molecule-${lanes[i]//,/-}.log"
-    echo "===== lane ${lanes[i]} runs beside ${lanes[0]}; its output: ${logs[i]} ====="
-    lane "${lanes[i]}" >"${logs[i]}" 2>&1 &
-    pids[i]=$!
-  done
-  start=$(date +%s)
-  lane "${lanes[0]}" || failed+=("${lanes[0]}")
-  for i in "${!pids[@]}"; do
-    rc=0
-    wait "${pids[i]}" || rc=$?
-    echo "===== output of lane ${lanes[i]} (rc=$rc) ====="
-    cat "${logs[i]}"
-    [ $rc -eq 0 ] || failed+=("${lanes[i]}")
-  done
-  echo "===== step $step: $(($(date +%s) - start)) s ====="
-  if [ ${#failed[@]} -gt 0 ]; then
-    echo "===== FAILED: ${failed[*]} =====" >&2
-    exit 1
-  fi
+lanes=("$@")
+pids=()
+logs=()
+for i in "${!lanes[@]}"; do
+  [ "$i" -eq 0 ] && continue
+  logs[i]="$state/molecule-${lanes[i]//,/-}.log"
+  echo "===== lane ${lanes[i]} runs beside ${lanes[0]}; its output: ${logs[i]} ====="
+  lane "${lanes[i]}" >"${logs[i]}" 2>&1 &
+  pids[i]=$!
 done
+failed=()
+start=$(date +%s)
+lane "${lanes[0]}" || failed+=("${lanes[0]}")
+for i in "${!pids[@]}"; do
+  rc=0
+  wait "${pids[i]}" || rc=$?
+  echo "===== output of lane ${lanes[i]} (rc=$rc) ====="
+  cat "${logs[i]}"
+  [ $rc -eq 0 ] || failed+=("${lanes[i]}")
+done
+echo "===== molecule: $(($(date +%s) - start)) s ====="
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "===== FAILED: ${failed[*]} =====" >&2
+  exit 1
+fi
